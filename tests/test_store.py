@@ -23,16 +23,34 @@ def test_dataset_items(smoke_store):
         ClipDataset(smoke_store, "bogus")
 
 
-def test_bucket_sampler_batches_one_shape_each_and_covers_all(smoke_store):
+def take(sampler, n):
+    it = iter(sampler)
+    return [next(it) for _ in range(n)]
+
+
+def test_bucket_sampler_batches_one_shape_and_covers_each_epoch(smoke_store):
     shapes = ClipDataset(smoke_store, "train").shapes()
-    sampler = BucketBatchSampler(shapes, batch_size=5, seed=3, epoch=0)
-    batches = sampler.batches()
-    assert sorted(i for b in batches for i in b) == list(range(len(shapes)))
-    assert all(len({shapes[i] for i in b}) == 1 for b in batches)
-    assert batches == BucketBatchSampler(shapes, 5, seed=3, epoch=0).batches()
-    assert batches != BucketBatchSampler(shapes, 5, seed=3, epoch=1).batches()
-    dropped = BucketBatchSampler(shapes, 5, seed=3, drop_last=True).batches()
-    assert all(len(b) == 5 for b in dropped)
+    sampler = BucketBatchSampler(shapes, rank=0, world_size=1, global_batch=4, micro_batch=2, seed=3)
+    per_epoch = sampler.batches_per_epoch
+    micro = take(sampler, 2 * per_epoch)
+    assert all(len({shapes[i] for i in m}) == 1 for m in micro)
+    assert all(shapes[a[0]] == shapes[b[0]] for a, b in zip(micro[::2], micro[1::2]))  # one shape per global batch
+    epoch0 = [i for m in micro[:per_epoch] for i in m]
+    assert len(set(epoch0)) == len(epoch0) == per_epoch * 2  # no clip twice in an epoch
+    assert micro[:per_epoch] != micro[per_epoch:]             # a new shuffle each epoch
+
+
+def test_bucket_sampler_resumes_and_shards(smoke_store):
+    shapes = ClipDataset(smoke_store, "train").shapes()
+    one = BucketBatchSampler(shapes, rank=0, world_size=1, global_batch=4, micro_batch=2, seed=3)
+    full = take(one, 12)
+    one.start = 3  # resume at global batch 3
+    assert take(one, 6) == full[6:12]
+    ranks = [BucketBatchSampler(shapes, rank=r, world_size=2, global_batch=4, micro_batch=2, seed=3) for r in (0, 1)]
+    zipped = [m for pair in zip(take(ranks[0], 6), take(ranks[1], 6)) for m in pair]
+    assert zipped == full[:12]  # two ranks together see exactly the one-process stream
+    with pytest.raises(ValueError, match="no shape bucket holds a full global batch of 64"):
+        BucketBatchSampler(shapes, rank=0, world_size=1, global_batch=64, micro_batch=8, seed=0)
 
 
 def test_verify_detects_corruption(smoke_store, tmp_path):

@@ -3,7 +3,8 @@
     ds = ClipDataset("data/raw", "train")
     item = ds[0]            # {"video": uint8 (T, H, W, 3), "caption": str, "id": str}
     ds.shape_of(0)          # (T, H, W): the bucket the clip belongs to
-    for batch in BucketBatchSampler(ds.shapes(), batch_size=8, seed=0, epoch=0): ...
+    sampler = BucketBatchSampler(ds.shapes(), rank=0, world_size=1, global_batch=8, micro_batch=4, seed=0)
+    for micro_batch in sampler: ...   # endless; lists of indices of clips of one shape
 
 Shards are memory-mapped, so opening a dataset is cheap and workers share the page cache.
 """
@@ -11,7 +12,6 @@ Shards are memory-mapped, so opening a dataset is cheap and workers share the pa
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -57,35 +57,53 @@ class ClipDataset:
 
 
 class BucketBatchSampler:
-    """Batches of indices whose clips share one shape (T, H, W), in a seeded order.
+    """Endless, resumable, rank-sharded micro-batches whose clips all share one shape (T, H, W).
 
-    Each bucket is shuffled and cut into batches of `batch_size` (the last partial batch of a bucket
-    is kept unless `drop_last`); the batches of all buckets are then shuffled together. The same
-    (seed, epoch) always gives the same batches, which exact resume relies on.
+    The stream is a sequence of global batches; each is `global_batch` clips of one bucket. Epoch e
+    shuffles every bucket with PCG64 seeded by (seed, e), cuts it into full global batches (a bucket's
+    remainder waits for the next epoch's shuffle), and shuffles the batches of all buckets together.
+    Rank r takes the r-th contiguous slice of each global batch and cuts it into micro-batches. The
+    stream depends only on (shapes, seed, global batch), not on the number of processes; resume by
+    setting `start` to the global batch (= optimizer step) to begin at. This is the sampler protocol of
+    `osplab.train.sampler`.
     """
 
-    def __init__(self, shapes: list[tuple], batch_size: int, seed: int, epoch: int = 0, drop_last: bool = False):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.shapes, self.batch_size, self.seed, self.epoch, self.drop_last = shapes, batch_size, seed, epoch, drop_last
+    def __init__(self, shapes: list[tuple], rank: int, world_size: int, global_batch: int, micro_batch: int,
+                 seed: int):
+        if global_batch % (micro_batch * world_size):
+            raise ValueError(f"global_batch={global_batch} is not divisible by micro_batch={micro_batch} x "
+                             f"world_size={world_size}")
+        self.buckets: dict[tuple, np.ndarray] = {}
+        for index, shape in enumerate(shapes):
+            self.buckets.setdefault(tuple(shape), []).append(index)
+        self.buckets = {k: np.asarray(v, dtype=np.int64) for k, v in sorted(self.buckets.items())}
+        self.batches_per_epoch = sum(len(v) // global_batch for v in self.buckets.values())
+        if self.batches_per_epoch == 0:
+            sizes = {f"{t}x{h}x{w}": len(v) for (t, h, w), v in self.buckets.items()}
+            raise ValueError(f"no shape bucket holds a full global batch of {global_batch} clips (bucket sizes "
+                             f"{sizes}); lower the global batch or generate more clips")
+        self.rank, self.world_size, self.global_batch, self.micro_batch, self.seed = (
+            rank, world_size, global_batch, micro_batch, seed)
+        self.start = 0
 
-    def batches(self) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        buckets = defaultdict(list)
-        for index, shape in enumerate(self.shapes):
-            buckets[tuple(shape)].append(index)
-        out = []
-        for key in sorted(buckets):
-            idx = rng.permutation(buckets[key]).tolist()
-            for start in range(0, len(idx), self.batch_size):
-                batch = idx[start:start + self.batch_size]
-                if len(batch) == self.batch_size or not self.drop_last:
-                    out.append(batch)
-        order = rng.permutation(len(out))
-        return [out[i] for i in order]
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The global batches of one epoch, each an int64 array of `global_batch` clip indices."""
+        rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
+        batches = []
+        for indices in self.buckets.values():
+            shuffled = rng.permutation(indices)
+            full = len(shuffled) // self.global_batch * self.global_batch
+            batches.extend(shuffled[:full].reshape(-1, self.global_batch))
+        return [batches[i] for i in rng.permutation(len(batches))]
 
     def __iter__(self):
-        return iter(self.batches())
-
-    def __len__(self) -> int:
-        return len(self.batches())
+        share = self.global_batch // self.world_size
+        b, epoch, batches = self.start, -1, []
+        while True:
+            e, k = divmod(b, self.batches_per_epoch)
+            if e != epoch:
+                epoch, batches = e, self.epoch_batches(e)
+            mine = batches[k][self.rank * share:(self.rank + 1) * share]
+            for i in range(0, share, self.micro_batch):
+                yield mine[i:i + self.micro_batch].tolist()
+            b += 1
