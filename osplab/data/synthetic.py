@@ -101,20 +101,43 @@ def sample_object(rng: np.random.Generator, height: int, width: int, frames: int
     start = np.array([rng.uniform(lo[0], hi[0]), rng.uniform(lo[1], hi[1])])
     start[axis] = _start_along(rng, lo[axis], hi[axis], axis_step[axis], frames, want_bounce)
     free = start[None, :] + np.arange(frames, dtype=np.float64)[:, None] * axis_step[None, :]
-    path = np.stack([fold(free[:, a], lo[a], hi[a]) for a in range(2)], axis=1)
-    bounces = bool(np.any(path != free))
+    outside = (free < lo) | (free > hi)                      # (T, 2): where the wall reflects the path
+    path = np.where(outside, np.stack([fold(free[:, a], lo[a], hi[a]) for a in range(2)], axis=1), free)
+    bounces = bool(outside.any())
     obj = {"shape": shape, "colour": colour, "rgb": COLOURS[colour], "size": size, "radius": radius,
            "direction": direction, "speed": speed, "bounces": bounces, "verb": str(rng.choice(VERBS))}
     return obj, path
 
 
+TEXTURE_CELL = 16  # pixels between the random grey levels of a textured background
+
+
+def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
+    """(H, W) float64 value noise: random grey levels on a `cell`-pixel grid, bilinearly interpolated.
+
+    Smooth on the scale of the VQVAE's 8x8 latent cells, so a textured background is compressible
+    (random per-pixel blocks are not at 8x8x4 compression). Only +, *, / are used: exact everywhere.
+    """
+    grid = rng.integers(25, 76, size=(height // cell + 2, width // cell + 2)).astype(np.float64)
+
+    def axis(n):
+        pos = (np.arange(n, dtype=np.float64) + 0.5) / cell
+        lo = np.floor(pos).astype(int)
+        return lo, pos - lo
+
+    (y0, fy), (x0, fx) = axis(height), axis(width)
+    fy, fx = fy[:, None], fx[None, :]
+    top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
+    bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
 def sample_background(rng: np.random.Generator, height: int, width: int, textured: bool) -> np.ndarray:
-    """(H, W, 3) float64 background: a dark plain colour, or dark tinted 4x4-pixel block noise."""
+    """(H, W, 3) float64 background: a dark plain colour, or dark tinted smooth value noise."""
     if not textured:
         colour = PLAIN_BACKGROUNDS[int(rng.integers(len(PLAIN_BACKGROUNDS)))]
         return np.broadcast_to(np.asarray(colour, np.float64), (height, width, 3)).copy()
-    blocks = rng.integers(25, 76, size=((height + 3) // 4, (width + 3) // 4)).astype(np.float64)
-    gray = np.repeat(np.repeat(blocks, 4, axis=0), 4, axis=1)[:height, :width]
+    gray = smooth_noise(rng, height, width, TEXTURE_CELL)
     tint = rng.integers(-8, 9, size=3).astype(np.float64)
     return gray[..., None] + tint
 

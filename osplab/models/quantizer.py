@@ -1,0 +1,192 @@
+"""Vector quantizer with EMA codebook updates and dead-code restart (VQ-VAE stage 1).
+
+    vq = VectorQuantizer(codebook_size=8192, dim=64, commitment=0.25, decay=0.99,
+                         l2_normalize=True, restart_every=50)
+    z_q, indices, stats = vq(z_e)        # z_e: (B, D, T, H, W) float
+    z = vq.lookup(indices)               # indices: (B, T, H, W) int64 -> (B, D, T, H, W)
+
+Choices (and why):
+- **l2-normalised lookup** (`l2_normalize=True`, the default in conf/vqvae): encoder outputs and codes
+  are projected onto the unit sphere and matched by cosine similarity (as in ViT-VQGAN). Codes
+  cannot drift to a far-away norm where nothing reaches them, which keeps far more of a large
+  codebook in use. With `l2_normalize=False` the lookup is plain Euclidean.
+- **EMA codebook** (no codebook loss, no optimizer state): per code k, after each training batch
+      N_k <- decay * N_k + (1 - decay) * n_k          (n_k: vectors assigned to k in the batch)
+      m_k <- decay * m_k + (1 - decay) * sum_{i->k} z_i
+      e_k <- m_k / N_k                                 (plain)   or   m_k / |m_k|   (l2)
+  N and m start at (1, e): every code behaves as if it had been assigned to itself once, so a code
+  that is not used keeps its value (both N and m decay by the same factor) instead of being
+  dragged towards zero, as it would be with N starting at 0.
+- **Dead-code restart**: every `restart_every` training forward passes (micro-batches; and on the
+  very first one, which doubles as a data-dependent initialisation), each code that received no
+  vector since the last check is replaced by a randomly chosen encoder output of the current batch.
+- Only training mode (`module.train()`) updates the codebook; encode for evaluation in eval mode.
+- All state (codebook, EMA statistics, usage since the last restart, update counter) is in buffers,
+  so it is saved with the weights; the restart draws from torch's global RNG (restored on resume).
+- **Distributed**: counts and sums are all-reduced across ranks before the EMA update and the
+  replacement vectors come from rank 0, so every rank holds the same codebook.
+- Quantization runs in float32 even under bf16 autocast: nearest-neighbour search in bf16 picks
+  wrong codes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def codebook_stats(counts: torch.Tensor) -> dict[str, float]:
+    """Usage and perplexity of a code histogram.
+
+    counts: (K,) number of vectors assigned to each code (any non-negative numbers).
+    Returns usage = fraction of codes with a non-zero count (0-1) and
+    perplexity = exp(entropy of the empirical code distribution) (1 = one code, K = uniform).
+    """
+    counts = counts.double()
+    total = counts.sum()
+    if total <= 0:
+        return {"usage": 0.0, "perplexity": 0.0}
+    p = counts / total
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum()
+    return {"usage": (counts > 0).double().mean().item(), "perplexity": math.exp(entropy.item())}
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantization of (B, D, T, H, W) latents with a straight-through gradient."""
+
+    def __init__(self, codebook_size: int, dim: int, commitment: float, decay: float,
+                 l2_normalize: bool, restart_every: int, chunk: int = 4096):
+        super().__init__()
+        if codebook_size < 2 or dim < 1:
+            raise ValueError(f"codebook_size={codebook_size} and dim={dim}: need codebook_size >= 2 and dim >= 1")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay={decay}: the EMA decay must be in [0, 1)")
+        if restart_every < 1:
+            raise ValueError(f"restart_every={restart_every}: must be >= 1 (training batches between restarts)")
+        self.codebook_size, self.dim = codebook_size, dim
+        self.commitment, self.decay = commitment, decay
+        self.l2_normalize, self.restart_every = l2_normalize, restart_every
+        self.chunk = chunk  # vectors per distance block: bounds memory at chunk x K floats
+        codebook = self._norm(torch.randn(codebook_size, dim))
+        self.register_buffer("codebook", codebook)                      # (K, D)
+        self.register_buffer("ema_count", torch.ones(codebook_size))    # (K,)  N_k
+        self.register_buffer("ema_sum", codebook.clone())               # (K, D) m_k
+        self.register_buffer("usage_since_restart", torch.zeros(codebook_size))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # training batches seen
+
+    def _norm(self, z: torch.Tensor) -> torch.Tensor:
+        return F.normalize(z, dim=-1) if self.l2_normalize else z
+
+    def nearest(self, z_flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for each row of z_flat (N, D) (already normalised) -> (N,) int64."""
+        e = self.codebook
+        out = []
+        for block in z_flat.split(self.chunk):
+            if self.l2_normalize:  # unit vectors: nearest in L2 == largest dot product
+                out.append((block @ e.t()).argmax(dim=1))
+            else:  # |z|^2 is constant per row, so argmin |e|^2 - 2 z.e
+                out.append(((e * e).sum(1) - 2.0 * block @ e.t()).argmin(dim=1))
+        return torch.cat(out) if out else z_flat.new_zeros(0, dtype=torch.long)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes for indices (B, T, H, W) int -> (B, D, T, H, W) float32."""
+        if indices.dtype.is_floating_point:
+            raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
+        bad = (indices < 0) | (indices >= self.codebook_size)
+        if bad.any():
+            raise ValueError(f"indices out of range [0, {self.codebook_size}): found {indices[bad][0].item()}")
+        return rearrange(self.codebook[indices.long()], "b t h w d -> b d t h w")
+
+    @torch.no_grad()
+    def snap(self, z: torch.Tensor) -> torch.Tensor:
+        """Nearest codes of continuous latents z (B, D, T, H, W) -> (B, D, T, H, W); no update, no stats."""
+        b, _, t, h, w = z.shape
+        idx = self.nearest(self._norm(rearrange(z.float(), "b d t h w -> (b t h w) d")))
+        return self.lookup(rearrange(idx, "(b t h w) -> b t h w", b=b, t=t, h=h, w=w))
+
+    def forward(self, z_e: torch.Tensor):
+        """Quantize z_e (B, D, T, H, W).
+
+        Returns z_q (B, D, T, H, W) whose values are codes and whose gradient is the identity
+        (straight-through) onto the (normalised) encoder output, indices (B, T, H, W) int64 and
+        stats: commit_loss (scalar tensor with grad, already scaled by `commitment`), perplexity
+        and usage of this batch (floats), counts (K,) histogram of this batch (all ranks).
+        In training mode the codebook is updated (EMA + dead-code restart) after the lookup.
+        """
+        if z_e.ndim != 5 or z_e.shape[1] != self.dim:
+            raise ValueError(f"quantizer input must be (B, {self.dim}, T, H, W), got {tuple(z_e.shape)}")
+        with torch.autocast(device_type=z_e.device.type, enabled=False):
+            b, _, t, h, w = z_e.shape
+            z = self._norm(rearrange(z_e.float(), "b d t h w -> (b t h w) d"))  # (N, D)
+            with torch.no_grad():
+                idx = self.nearest(z)                                  # (N,)
+            q = self.codebook[idx]                                     # (N, D), no grad
+            commit = self.commitment * F.mse_loss(z, q)
+            z_st = z + (q - z).detach()                                # straight-through estimator
+            counts = torch.bincount(idx, minlength=self.codebook_size).float()
+            if _distributed():
+                dist.all_reduce(counts)
+            if self.training:
+                self._update(z.detach(), idx, counts)
+        z_q = rearrange(z_st, "(b t h w) d -> b d t h w", b=b, t=t, h=h, w=w)
+        stats = {"commit_loss": commit, "counts": counts, **codebook_stats(counts)}
+        return z_q, rearrange(idx, "(b t h w) -> b t h w", b=b, t=t, h=h, w=w), stats
+
+    @torch.no_grad()
+    def _update(self, z: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
+        """EMA step for the codes used in this batch, then the dead-code restart when due.
+
+        z (N, D) normalised encoder outputs, idx (N,) their codes, counts (K,) global histogram.
+        """
+        sums = torch.zeros_like(self.ema_sum).index_add_(0, idx, z)    # (K, D) sum of assigned z
+        if _distributed():
+            dist.all_reduce(sums)
+        d = self.decay
+        self.ema_count.mul_(d).add_(counts, alpha=1 - d)
+        self.ema_sum.mul_(d).add_(sums, alpha=1 - d)
+        if self.l2_normalize:
+            self.codebook.copy_(F.normalize(self.ema_sum, dim=1))
+        else:  # the clamp only matters after ~10^4 unused steps, long after a restart took the code
+            self.codebook.copy_(self.ema_sum / self.ema_count.clamp_min(1e-12)[:, None])
+        self.usage_since_restart.add_(counts)
+        if self.updates.item() % self.restart_every == 0:
+            self.restart_dead(z)
+        self.updates.add_(1)
+
+    @torch.no_grad()
+    def restart_dead(self, z: torch.Tensor) -> int:
+        """Replace every code unused since the last check by a random row of z (N, D).
+
+        Sampling is without replacement when z has enough rows; otherwise with replacement plus a
+        tiny jitter so duplicates are not exact ties. Returns the number of codes replaced.
+        """
+        dead = self.usage_since_restart == 0
+        n_dead = int(dead.sum().item())
+        self.usage_since_restart.zero_()
+        if n_dead == 0 or z.shape[0] == 0:
+            return 0
+        if z.shape[0] >= n_dead:
+            new = z[torch.randperm(z.shape[0], device=z.device)[:n_dead]]
+        else:
+            new = z[torch.randint(z.shape[0], (n_dead,), device=z.device)]
+            new = new + 1e-3 * new.std() * torch.randn_like(new)
+        new = self._norm(new).contiguous()
+        if _distributed():  # every rank must hold the same codebook
+            dist.broadcast(new, src=0)
+        self.codebook[dead] = new
+        self.ema_sum[dead] = new
+        self.ema_count[dead] = 1.0
+        return n_dead
+
+    def extra_repr(self) -> str:
+        return (f"codebook_size={self.codebook_size}, dim={self.dim}, l2_normalize={self.l2_normalize}, "
+                f"decay={self.decay}, commitment={self.commitment}, restart_every={self.restart_every}")

@@ -1,0 +1,352 @@
+"""Video VQ-VAE (stage 1): 3D-conv encoder -> vector quantizer -> 3D-conv decoder.
+
+    cfg = VQVAEConfig(**settings)              # settings from conf/vqvae/*.yaml
+    model = VQVAE(cfg)
+    x = video_to_tensor(uint8_clips)            # (B, T, H, W, 3) uint8 -> (B, 3, T, H, W) in [-1, 1]
+    z_q, indices, stats = model.encode(x)       # (B, D, T/ft, H/fh, W/fw), (B, T/ft, H/fh, W/fw)
+    recon = model.decode(z_q)                   # (B, 3, T, H, W)
+    recon, losses = model(x)                    # training: losses["loss"] is what to backprop
+
+Only training mode updates the codebook (EMA, restarts): call `model.eval()` before encoding data.
+
+The DiT diffuses the continuous quantized latents z_q (`model.encode(x)[0]`, or
+`model.quantizer.lookup(indices)` from stored indices) and decodes its samples with
+`model.decode(z, requantize=True)`, which snaps them to the nearest codes first. With
+`l2_normalize` every latent vector has unit norm (per-channel scale about 1/sqrt(D)), so the DiT
+should standardise them (e.g. multiply by sqrt(D), or by the measured per-channel std).
+
+Temporal padding is **causal** (documented choice): every temporal convolution pads only on the
+past side, by replicating the first frame, and normalisation statistics are per frame. So latent
+frame t depends only on input frames < ft * (t + 1) (its own block of ft frames and earlier ones),
+a prefix of the clip encodes to a prefix of the latents, and decoded frames of block t depend only
+on latents <= t. This lets one model handle any clip length, and a latent clip can be extended
+in time without re-encoding its past. Spatial padding is symmetric (zeros).
+
+Layout: len(channel_mult) levels; level i works at base_channels * channel_mult[i] channels.
+Between consecutive levels an axis is halved while its factor is not yet reached: spatial axes at
+the first transitions, time at the last ones (the Open-Sora-Plan ordering: time is compressed where
+there are many channels; halving time first would be cheaper). The encoder halves with strided
+causal convs, the decoder doubles with depth-to-space (see Upsample for why not nearest-neighbour).
+The lowest resolution has `attn_blocks` axial attention blocks (spatial within each frame, then
+causal temporal at each position) between residual blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from osplab.models.quantizer import VectorQuantizer
+
+
+@dataclass
+class VQVAEConfig:
+    """Every field is required; values live in conf/vqvae/*.yaml (the one source of settings)."""
+
+    base_channels: int          # channels of the first (full-resolution) level
+    channel_mult: tuple         # per-level multiplier of base_channels, e.g. (1, 2, 2, 4)
+    num_res_blocks: object      # residual blocks per level (encoder and decoder): an int or one per level
+    downsample: tuple           # (t, h, w) total downsampling factors, powers of two, e.g. (4, 8, 8)
+    attn_blocks: int            # axial attention blocks at the lowest resolution (0 = none)
+    attn_heads: int             # heads of those blocks (must divide the lowest-level channels)
+    codebook_size: int          # number of codes K
+    embed_dim: int              # code (latent channel) dimension D
+    l2_normalize: bool          # cosine-similarity lookup on the unit sphere (see quantizer.py)
+    commitment: float           # weight beta of the commitment loss
+    ema_decay: float            # EMA decay of the codebook
+    restart_every: int          # training forward passes between dead-code restarts
+    norm_groups: int            # GroupNorm groups (must divide every level's channels)
+
+    def __post_init__(self):
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.downsample = tuple(int(f) for f in self.downsample)
+        if isinstance(self.num_res_blocks, int):
+            self.num_res_blocks = (self.num_res_blocks,) * len(self.channel_mult)
+        self.num_res_blocks = tuple(int(n) for n in self.num_res_blocks)
+        if len(self.num_res_blocks) != len(self.channel_mult) or min(self.num_res_blocks) < 0:
+            raise ValueError(f"num_res_blocks={self.num_res_blocks}: give one int, or one count >= 0 per level "
+                             f"of channel_mult={self.channel_mult}")
+        if len(self.downsample) != 3:
+            raise ValueError(f"downsample={self.downsample}: give three factors (t, h, w), e.g. (4, 8, 8)")
+        for f in self.downsample:
+            if f < 1 or f & (f - 1):
+                raise ValueError(f"downsample={self.downsample}: every factor must be a power of two (1, 2, 4, ...)")
+        need = max(int(math.log2(f)) for f in self.downsample)
+        if len(self.channel_mult) < need + 1:
+            raise ValueError(f"channel_mult={self.channel_mult} gives {len(self.channel_mult) - 1} halvings, but "
+                             f"downsample={self.downsample} needs {need}: add levels to channel_mult")
+        for c in self.level_channels():
+            if c % self.norm_groups:
+                raise ValueError(f"norm_groups={self.norm_groups} does not divide level channels {c}")
+        if self.attn_blocks and self.level_channels()[-1] % self.attn_heads:
+            raise ValueError(f"attn_heads={self.attn_heads} does not divide {self.level_channels()[-1]} channels")
+
+    def level_channels(self) -> list[int]:
+        return [self.base_channels * m for m in self.channel_mult]
+
+    def strides(self) -> list[tuple[int, int, int]]:
+        """(t, h, w) stride of each of the len(channel_mult) - 1 level transitions."""
+        n = len(self.channel_mult) - 1
+        lt, lh, lw = (int(math.log2(f)) for f in self.downsample)
+        # spatial halvings at the first transitions, temporal ones at the last
+        return [(2 if i >= n - lt else 1, 2 if i < lh else 1, 2 if i < lw else 1) for i in range(n)]
+
+    @classmethod
+    def from_dict(cls, d) -> "VQVAEConfig":
+        """Build from a mapping (e.g. an OmegaConf node); unknown keys are an error naming them."""
+        d = dict(d)
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown VQVAE settings {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------- uint8 <-> float helpers
+def video_to_tensor(video) -> torch.Tensor:
+    """uint8 video (B, T, H, W, 3) or (T, H, W, 3) (numpy or torch) -> float32 (B, 3, T, H, W) in [-1, 1]."""
+    v = torch.from_numpy(np.ascontiguousarray(video)) if isinstance(video, np.ndarray) else video
+    if v.dtype != torch.uint8 or v.ndim not in (4, 5) or v.shape[-1] != 3:
+        raise ValueError(f"expected uint8 video (B, T, H, W, 3) or (T, H, W, 3), got {v.dtype} {tuple(v.shape)}")
+    if v.ndim == 4:
+        v = v[None]
+    return rearrange(v.float(), "b t h w c -> b c t h w") / 127.5 - 1.0
+
+
+def tensor_to_video(x: torch.Tensor) -> torch.Tensor:
+    """float (B, 3, T, H, W) in [-1, 1] -> uint8 (B, T, H, W, 3), clamped and rounded."""
+    if x.ndim != 5 or x.shape[1] != 3:
+        raise ValueError(f"expected (B, 3, T, H, W), got {tuple(x.shape)}")
+    u = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return rearrange(u, "b c t h w -> b t h w c").contiguous()
+
+
+# ---------------------------------------------------------------- building blocks
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per frame: (B, C, T, H, W), stats over (C/G, H, W) of each (b, t).
+
+    Per-frame statistics keep the network causal in time and independent of the clip length.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        y = super().forward(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(y, "(b t) c h w -> b c t h w", b=b)
+
+
+class CausalConv3d(nn.Module):
+    """3D conv, stride (st, sh, sw); time padded k - st frames on the past side (first frame replicated).
+
+    Output length T / st for T divisible by st; output t sees input frames <= st * t + st - 1.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride=(1, 1, 1)):
+        super().__init__()
+        self.time_pad = kernel - stride[0] if kernel > 1 else 0
+        self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=(0, kernel // 2, kernel // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_pad:
+            x = F.pad(x, (0, 0, 0, 0, self.time_pad, 0), mode="replicate")
+        return self.conv(x)
+
+
+class ResBlock(nn.Module):
+    """x + conv(SiLU(norm(conv(SiLU(norm(x)))))), (B, C, T, H, W) -> same shape."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm1, self.conv1 = FrameGroupNorm(groups, channels), CausalConv3d(channels, channels)
+        self.norm2, self.conv2 = FrameGroupNorm(groups, channels), CausalConv3d(channels, channels)
+        nn.init.zeros_(self.conv2.conv.weight)  # each block starts as the identity: stable early training
+        nn.init.zeros_(self.conv2.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+
+class AxialAttention(nn.Module):
+    """Spatial self-attention within each frame, then causal temporal self-attention at each position.
+
+    (B, C, T, H, W) -> same shape; pre-norm, residual, output projections zero-initialised.
+    Self-contained on purpose (small token counts at the lowest resolution; plain SDPA is enough).
+    """
+
+    def __init__(self, channels: int, heads: int, groups: int):
+        super().__init__()
+        self.heads = heads
+        self.norm_s, self.norm_t = FrameGroupNorm(groups, channels), FrameGroupNorm(groups, channels)
+        self.qkv_s, self.qkv_t = nn.Linear(channels, 3 * channels), nn.Linear(channels, 3 * channels)
+        self.out_s, self.out_t = nn.Linear(channels, channels), nn.Linear(channels, channels)
+        for lin in (self.out_s, self.out_t):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def _attend(self, tokens, qkv, out, causal):
+        """tokens (N, L, C) -> (N, L, C): multi-head attention along L."""
+        q, k, v = rearrange(qkv(tokens), "n l (three h d) -> three n h l d", three=3, h=self.heads)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # 4-D inputs: the fast path
+        return out(rearrange(y, "n h l d -> n l (h d)"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        s = rearrange(self.norm_s(x), "b c t h w -> (b t) (h w) c")
+        x = x + rearrange(self._attend(s, self.qkv_s, self.out_s, False), "(b t) (h w) c -> b c t h w", b=b, h=h)
+        s = rearrange(self.norm_t(x), "b c t h w -> (b h w) t c")
+        return x + rearrange(self._attend(s, self.qkv_t, self.out_t, True), "(b h w) t c -> b c t h w", b=b, h=h)
+
+
+class Upsample(nn.Module):
+    """Causal conv to cout * st * sh * sw channels, then depth-to-space by (st, sh, sw).
+
+    (B, cin, T, H, W) -> (B, cout, T st, H sh, W sw).
+
+    Depth-to-space (not nearest-neighbour + conv) gives each of the st frames made from one latent
+    frame its own weights: with causal padding, nearest-neighbour upsampling makes the frames of
+    the first block identical and the others distinguishable only through their neighbours. The
+    weights start equal across the sub-positions (ICNR), i.e. as nearest-neighbour upsampling,
+    which avoids checkerboard artefacts early in training. Measured: a tiny model overfitting a
+    moving square sat on the static (temporal-mean) solution for 300+ steps with nearest-neighbour
+    upsampling in 3 of 4 seeds, and left it within ~50 steps in 4 of 4 with depth-to-space.
+    """
+
+    def __init__(self, cin: int, cout: int, stride):
+        super().__init__()
+        self.stride = tuple(int(s) for s in stride)
+        r = math.prod(self.stride)
+        self.conv = CausalConv3d(cin, cout * r)
+        with torch.no_grad():  # ICNR: out channel (c, sub-position) starts as the same filter for every sub-position
+            w, b = self.conv.conv.weight, self.conv.conv.bias
+            w.copy_(w[::r].repeat_interleave(r, dim=0))
+            b.copy_(b[::r].repeat_interleave(r, dim=0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        st, sh, sw = self.stride
+        return rearrange(self.conv(x), "b (c st sh sw) t h w -> b c (t st) (h sh) (w sw)", st=st, sh=sh, sw=sw)
+
+
+def _mid(c: int, cfg: VQVAEConfig) -> nn.Sequential:
+    """Lowest-resolution stack: ResBlock, then (AxialAttention, ResBlock) x attn_blocks."""
+    layers = [ResBlock(c, cfg.norm_groups)]
+    for _ in range(cfg.attn_blocks):
+        layers += [AxialAttention(c, cfg.attn_heads, cfg.norm_groups), ResBlock(c, cfg.norm_groups)]
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """(B, 3, T, H, W) in [-1, 1] -> (B, embed_dim, T/ft, H/fh, W/fw) pre-quantization latents.
+
+    Per level: residual blocks, then a strided causal conv that halves the axes due at this
+    transition and moves to the next level's channels (a 1x1x1 conv if nothing is halved).
+    """
+
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        chans, g, strides = cfg.level_channels(), cfg.norm_groups, cfg.strides()
+        layers: list[nn.Module] = [CausalConv3d(3, chans[0])]
+        for i, c in enumerate(chans):
+            layers += [ResBlock(c, g) for _ in range(cfg.num_res_blocks[i])]
+            if i == len(chans) - 1:
+                break
+            if strides[i] != (1, 1, 1):
+                layers.append(CausalConv3d(c, chans[i + 1], stride=strides[i]))
+            elif chans[i + 1] != c:
+                layers.append(nn.Conv3d(c, chans[i + 1], 1))
+        layers += [_mid(chans[-1], cfg), FrameGroupNorm(g, chans[-1]), nn.SiLU(),
+                   CausalConv3d(chans[-1], cfg.embed_dim, kernel=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """(B, embed_dim, T', H', W') latents -> (B, 3, T' ft, H' fh, W' fw) video in about [-1, 1].
+
+    Mirror of the encoder: per level (lowest first) residual blocks, then a depth-to-space
+    upsampling to the next level's channels and resolution.
+    """
+
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        chans, g, strides = cfg.level_channels(), cfg.norm_groups, cfg.strides()
+        layers: list[nn.Module] = [CausalConv3d(cfg.embed_dim, chans[-1]), _mid(chans[-1], cfg)]
+        for i in reversed(range(len(chans))):
+            layers += [ResBlock(chans[i], g) for _ in range(cfg.num_res_blocks[i])]
+            if i == 0:
+                break
+            if strides[i - 1] != (1, 1, 1):
+                layers.append(Upsample(chans[i], chans[i - 1], strides[i - 1]))
+            elif chans[i - 1] != chans[i]:
+                layers.append(nn.Conv3d(chans[i], chans[i - 1], 1))
+        layers += [FrameGroupNorm(g, chans[0]), nn.SiLU(), CausalConv3d(chans[0], 3)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+# ---------------------------------------------------------------- the model
+class VQVAE(nn.Module):
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
+        self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.embed_dim, cfg.commitment, cfg.ema_decay,
+                                         cfg.l2_normalize, cfg.restart_every)
+
+    def latent_shape(self, t: int, h: int, w: int) -> tuple[int, int, int, int]:
+        """(D, T', H', W') of the latents of a (T, H, W) clip; a clear error if a size does not divide."""
+        ft, fh, fw = self.cfg.downsample
+        for name, n, f in (("T (frames)", t, ft), ("H (height)", h, fh), ("W (width)", w, fw)):
+            if n % f or n == 0:
+                raise ValueError(f"clip shape (T, H, W)=({t}, {h}, {w}): {name}={n} is not a positive multiple of "
+                                 f"the downsampling factor {f} (downsample (t, h, w)={self.cfg.downsample}); "
+                                 f"crop or resize to a multiple of {f}")
+        return self.cfg.embed_dim, t // ft, h // fh, w // fw
+
+    def _check_video(self, x: torch.Tensor) -> None:
+        if x.ndim != 5 or x.shape[1] != 3:
+            raise ValueError(f"VQVAE input must be float video (B, 3, T, H, W) in [-1, 1], got shape {tuple(x.shape)}"
+                             "; convert uint8 (B, T, H, W, 3) clips with video_to_tensor")
+        if not x.dtype.is_floating_point:
+            raise ValueError(f"VQVAE input must be floating point in [-1, 1], got {x.dtype}; use video_to_tensor")
+        self.latent_shape(*x.shape[2:])
+
+    def encode(self, x: torch.Tensor):
+        """x (B, 3, T, H, W) in [-1, 1] -> z_q (B, D, T', H', W'), indices (B, T', H', W'), stats (see quantizer)."""
+        self._check_video(x)
+        return self.quantizer(self.encoder(x))
+
+    def decode(self, z: torch.Tensor, requantize: bool = False) -> torch.Tensor:
+        """z (B, D, T', H', W') -> video (B, 3, T' ft, H' fh, W' fw); requantize: snap z to the nearest codes first."""
+        if z.ndim != 5 or z.shape[1] != self.cfg.embed_dim:
+            raise ValueError(f"latents must be (B, {self.cfg.embed_dim}, T', H', W'), got {tuple(z.shape)}")
+        if requantize:
+            z = self.quantizer.snap(z)
+        return self.decoder(z)
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices (B, T', H', W') int -> video (B, 3, T, H, W)."""
+        return self.decoder(self.quantizer.lookup(indices))
+
+    def forward(self, x: torch.Tensor):
+        """x (B, 3, T, H, W) in [-1, 1] -> (recon, losses).
+
+        losses: loss (recon_loss + commit_loss, with grad), recon_loss (MSE on [-1, 1]), commit_loss,
+        psnr (dB, on [0, 1] pixels, batch MSE), perplexity and usage of the batch's codes.
+        """
+        z_q, _, stats = self.encode(x)
+        recon = self.decode(z_q)
+        mse = F.mse_loss(recon.float(), x.float())
+        losses = {"loss": mse + stats["commit_loss"], "recon_loss": mse, "commit_loss": stats["commit_loss"],
+                  "psnr": 10.0 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)),
+                  "perplexity": stats["perplexity"], "usage": stats["usage"]}
+        return recon, losses

@@ -1,0 +1,76 @@
+"""DVC stage `train_vqvae`: train the video VQVAE, export its weights, evaluate on the val clips.
+
+    python -m osplab.stages.train_vqvae                        # one process
+    torchrun --nproc_per_node=N -m osplab.stages.train_vqvae   # DDP (what dvc.yaml runs)
+
+Reads params.yaml (`vqvae`, `train_vqvae`, `eval.ssim`, `data.root`). Writes the weights to
+`vqvae.checkpoint` (safetensors, with the model config in its metadata), metrics/vqvae.json
+(val_psnr, val_ssim, codebook_usage, perplexity, stage_seconds, frames_per_s, ...) and
+reports/vqvae_recon.png. Re-running the command resumes from the newest checkpoint in
+`train_vqvae.out_dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from omegaconf import OmegaConf
+
+from osplab.config import load_params
+from osplab.data.clips import ClipDataset
+from osplab.io import atomic_write_json
+from osplab.models.vqvae import VQVAE, VQVAEConfig
+from osplab.tasks.vqvae import build_task, evaluate, reconstruct
+from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
+from osplab.train import seed_everything, train
+from osplab.viz import save_figure, video_grid
+
+
+def plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def export_and_evaluate(model: VQVAE, cfg, train_cfg: TrainConfig, args, started: float, train_metrics: dict) -> dict:
+    """Rank 0: load the final live weights, save them, score the val split, draw reconstructions."""
+    weights = read_weights(train_cfg.checkpoint_dir, "model")
+    model.load_state_dict(weights)
+    save_tensors_atomic(weights, cfg.vqvae.checkpoint, metadata={"config": json.dumps(plain(cfg.vqvae.model))})
+    val = ClipDataset(cfg.data.root, "val")
+    metrics = evaluate(model, val, plain(cfg.eval.ssim), limit=cfg.vqvae.eval_clips)
+    real, fake, _, _ = reconstruct(model, val, limit=3)
+    fig = video_grid([v for pair in zip(real, fake) for v in pair],
+                     [f"{kind} {i}" for i in range(len(real)) for kind in ("real", "recon")],
+                     title=f"VQVAE reconstructions (val), PSNR {metrics['val_psnr']:.1f} dB")
+    save_figure(fig, args.recon)
+    metrics.update({"train_steps": train_cfg.steps, "train_loss": train_metrics.get("train/loss"),
+                    "stage_seconds": time.perf_counter() - started})
+    atomic_write_json(args.metrics, metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    started = time.perf_counter()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--metrics", default="metrics/vqvae.json")
+    parser.add_argument("--recon", default="reports/vqvae_recon.png")
+    args = parser.parse_args(argv)
+    cfg = load_params(args.params)
+    env = init_distributed()
+    train_cfg = TrainConfig.from_dict(plain(cfg.train_vqvae))
+    seed_everything(train_cfg.seed)  # the same initial weights on every rank
+    model = VQVAE(VQVAEConfig.from_dict(plain(cfg.vqvae.model)))
+    task = build_task(model, cfg.data.root, cfg.vqvae.train_frames, cfg.seed)
+    train_metrics = train(train_cfg, task)
+    metrics = {}
+    if env.is_main:
+        metrics = export_and_evaluate(model, cfg, train_cfg, args, started, train_metrics)
+        print(json.dumps(metrics, indent=1))
+    cleanup_distributed()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Vector quantizer: lookup, EMA update, dead-code restart, straight-through, statistics, DDP."""
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from osplab.models.quantizer import VectorQuantizer, codebook_stats
+
+
+def make_vq(k=16, d=4, l2=False, decay=0.9, restart_every=1000, commitment=0.25, started=True):
+    torch.manual_seed(0)
+    vq = VectorQuantizer(k, d, commitment=commitment, decay=decay, l2_normalize=l2, restart_every=restart_every)
+    if started:  # skip the data-dependent initialisation (restart) of the very first training batch
+        vq.updates.fill_(1)
+    return vq
+
+
+def as5d(z):
+    """(N, D) -> (1, D, N, 1, 1), so that the flattened order of the quantizer is z's row order."""
+    return z.t()[None, :, :, None, None].contiguous()
+
+
+def test_codebook_stats_hand_made():
+    s = codebook_stats(torch.tensor([2.0, 2.0, 0.0, 0.0]))
+    assert s["usage"] == 0.5 and s["perplexity"] == pytest.approx(2.0)
+    assert codebook_stats(torch.tensor([3.0, 0, 0, 0]))["perplexity"] == pytest.approx(1.0)
+    assert codebook_stats(torch.ones(8))["perplexity"] == pytest.approx(8.0)
+    assert codebook_stats(torch.zeros(5)) == {"usage": 0.0, "perplexity": 0.0}
+
+
+def test_forward_stats_on_hand_made_assignment():
+    vq = make_vq(k=8, d=4).eval()
+    z = vq.codebook[torch.tensor([0, 0, 1, 3])].clone()       # exact copies of codes 0, 0, 1, 3
+    _, idx, stats = vq(as5d(z))
+    assert idx.flatten().tolist() == [0, 0, 1, 3]
+    assert stats["usage"] == pytest.approx(3 / 8)
+    entropy = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
+    assert stats["perplexity"] == pytest.approx(math.exp(entropy))
+    assert stats["counts"].tolist() == [2, 1, 0, 1, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("l2", [False, True])
+def test_nearest_matches_brute_force(l2):
+    vq = make_vq(k=64, d=8, l2=l2)
+    vq.chunk = 7  # exercise the blocked search
+    z = vq._norm(torch.randn(50, 8) * 3)
+    ref = torch.cdist(z, vq.codebook).argmin(1)
+    assert torch.equal(vq.nearest(z), ref)
+
+
+def test_ema_update_plain_matches_manual():
+    vq = make_vq(k=6, d=3, decay=0.9).train()
+    e0, d = vq.codebook.clone(), 0.9
+    z = torch.randn(20, 3)
+    idx = torch.cdist(z, e0).argmin(1)
+    vq(as5d(z))
+    for k in range(6):
+        n, s = (idx == k).sum().item(), z[idx == k].sum(0)
+        count = d * 1.0 + (1 - d) * n
+        expect = (d * e0[k] + (1 - d) * s) / count
+        torch.testing.assert_close(vq.codebook[k], expect, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(vq.ema_count[k], torch.tensor(count), rtol=1e-6, atol=1e-7)
+        if n:  # a used code moves towards the mean of its vectors
+            mean = z[idx == k].mean(0)
+            assert (vq.codebook[k] - mean).norm() < (e0[k] - mean).norm()
+        else:  # an unused code keeps its value
+            torch.testing.assert_close(vq.codebook[k], e0[k])
+
+
+def test_ema_update_l2_matches_manual_and_stays_on_sphere():
+    vq = make_vq(k=5, d=4, l2=True, decay=0.8).train()
+    e0, d = vq.codebook.clone(), 0.8
+    z = F.normalize(torch.randn(30, 4), dim=1)
+    idx = (z @ e0.t()).argmax(1)
+    vq(as5d(z))
+    for k in range(5):
+        s = z[idx == k].sum(0)
+        torch.testing.assert_close(vq.codebook[k], F.normalize(d * e0[k] + (1 - d) * s, dim=0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(vq.codebook.norm(dim=1), torch.ones(5))
+
+
+def test_eval_mode_does_not_touch_the_codebook():
+    vq = make_vq().eval()
+    before = {k: v.clone() for k, v in vq.state_dict().items()}
+    vq(torch.randn(2, 4, 3, 2, 2))
+    for k, v in vq.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_first_batch_restart_replaces_unused_codes_with_encoder_outputs():
+    vq = make_vq(k=16, d=4, started=False).train()
+    z = torch.randn(40, 4) + 10.0                 # far from every random code: only few codes get used
+    idx = torch.cdist(z, vq.codebook).argmin(1)
+    used = torch.zeros(16, dtype=torch.bool)
+    used[idx] = True
+    vq(as5d(z))
+    dead = ~used
+    assert dead.sum() >= 1
+    for k in torch.nonzero(dead).flatten():        # each replaced code is one of the encoder outputs
+        assert (z - vq.codebook[k]).abs().sum(1).min() == 0
+        assert vq.ema_count[k] == 1.0 and torch.equal(vq.ema_sum[k], vq.codebook[k])
+    replaced = vq.codebook[dead]
+    assert len({tuple(r.tolist()) for r in replaced}) == int(dead.sum())  # drawn without replacement
+    assert vq.usage_since_restart.sum() == 0
+
+
+def test_restart_only_when_due_and_only_codes_unused_since_last_check():
+    vq = make_vq(k=8, d=2, restart_every=3, started=False).train()
+    vq.codebook.copy_(torch.arange(8.0)[:, None].repeat(1, 2))   # codes on the diagonal 0..7
+    vq.ema_sum.copy_(vq.codebook)
+    vq.updates.fill_(1)
+    near = lambda ks: torch.tensor([[float(k), float(k)] for k in ks])  # noqa: E731
+    vq(as5d(near([0, 1])))          # update 1: no restart
+    vq(as5d(near([2])))             # update 2: no restart
+    assert vq.codebook[7].tolist() == [7.0, 7.0]
+    vq(as5d(near([3, 3, 3, 3, 3, 3])))   # update 3: restart; codes 4..7 were never used since the check
+    for k in (4, 5, 6, 7):
+        assert vq.codebook[k].tolist() == [3.0, 3.0]  # the only encoder output of that batch
+    assert vq.codebook[0].tolist() == [0.0, 0.0] and vq.codebook[2].tolist() == [2.0, 2.0]
+
+
+def test_straight_through_and_commitment():
+    vq = make_vq(k=8, d=4, commitment=0.5).train()
+    z_e = torch.randn(2, 4, 3, 2, 2, requires_grad=True)
+    z_q, idx, stats = vq(z_e)
+    w = torch.randn_like(z_q)
+    (z_q * w).sum().backward()
+    torch.testing.assert_close(z_e.grad, w)  # identity gradient onto the encoder output
+    z_e.grad = None
+    vq.eval()
+    z_q, idx, stats = vq(z_e)
+    torch.testing.assert_close(z_q.detach(), vq.lookup(idx))
+    expect = 0.5 * ((z_e.detach() - vq.lookup(idx)) ** 2).mean()
+    torch.testing.assert_close(stats["commit_loss"], expect)
+    stats["commit_loss"].backward()
+    torch.testing.assert_close(z_e.grad, 0.5 * 2 * (z_e.detach() - vq.lookup(idx)) / z_e.numel())
+
+
+def test_bf16_autocast_runs_in_float32():
+    vq = make_vq(k=32, d=8).eval()
+    z = torch.randn(2, 8, 2, 3, 3)
+    _, ref, _ = vq(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, idx, _ = vq(z.bfloat16())
+    assert z_q.dtype == torch.float32 and torch.equal(idx, ref)
+
+
+def test_bad_inputs_have_clear_errors():
+    vq = make_vq(k=8, d=4)
+    with pytest.raises(ValueError, match=r"\(B, 4, T, H, W\)"):
+        vq(torch.randn(2, 3, 1, 1, 1))
+    with pytest.raises(ValueError, match="out of range"):
+        vq.lookup(torch.full((1, 1, 1, 1), 8))
+    with pytest.raises(ValueError, match="decay"):
+        VectorQuantizer(8, 4, 0.25, 1.0, True, 10)
+
+
+def _ddp_worker(rank, world, port, z, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    vq = make_vq(k=16, d=4, restart_every=2).train()
+    torch.manual_seed(100 + rank)  # different local RNG: the restart must still agree across ranks
+    half = z.shape[0] // world
+    vq(as5d(z[rank * half:(rank + 1) * half]))   # update 1: EMA only
+    out[f"ema{rank}"] = vq.codebook.clone()
+    vq(as5d(z[rank * half:(rank + 1) * half] * 0.5))   # update 2: EMA + restart
+    out[f"restart{rank}"] = vq.codebook.clone()
+    dist.destroy_process_group()
+
+
+def test_ddp_two_ranks_match_one_process_and_agree():
+    z = torch.randn(24, 4)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_ddp_worker, args=(2, port, z, out), nprocs=2, join=True)
+        out = dict(out)
+    single = make_vq(k=16, d=4, restart_every=2).train()
+    single(as5d(z))
+    torch.testing.assert_close(out["ema0"], single.codebook)  # same global batch -> same EMA step
+    torch.testing.assert_close(out["ema1"], single.codebook)
+    assert torch.equal(out["restart0"], out["restart1"])

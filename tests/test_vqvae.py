@@ -1,0 +1,246 @@
+"""Video VQ-VAE: shapes, errors, causality, gradients, uint8 helpers, configs, and a tiny overfit."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from osplab.models.vqvae import (VQVAE, AxialAttention, FrameGroupNorm, Upsample, VQVAEConfig, tensor_to_video,
+                                 video_to_tensor)
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "vqvae"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a shared 2-core machine (10-50x here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_cfg(**over) -> VQVAEConfig:
+    settings = dict(base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1, downsample=(4, 8, 8),
+                    attn_blocks=1, attn_heads=2, codebook_size=64, embed_dim=8, l2_normalize=True,
+                    commitment=0.25, ema_decay=0.9, restart_every=20, norm_groups=4)
+    settings.update(over)
+    return VQVAEConfig(**settings)
+
+
+def rand_video(b, t, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, t, h, w, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("thw", [(4, 8, 8), (8, 16, 24), (12, 24, 16), (16, 32, 32)])
+def test_shapes_through_encoder_and_decoder(thw):
+    torch.manual_seed(0)
+    model = VQVAE(tiny_cfg()).eval()
+    t, h, w = thw
+    x = rand_video(2, t, h, w)
+    z_q, idx, stats = model.encode(x)
+    assert z_q.shape == (2, 8, t // 4, h // 8, w // 8) == (2, *model.latent_shape(t, h, w))
+    assert idx.shape == (2, t // 4, h // 8, w // 8) and idx.dtype == torch.int64
+    with torch.no_grad():
+        recon = model.decode(z_q)
+        assert recon.shape == x.shape
+        torch.testing.assert_close(model.decode_indices(idx), recon)  # eval: z_q are exactly the codes
+        recon2, losses = model(x)
+    torch.testing.assert_close(recon2, recon)
+    assert set(losses) >= {"loss", "recon_loss", "commit_loss", "psnr", "perplexity", "usage"}
+    torch.testing.assert_close(losses["recon_loss"], F.mse_loss(recon, x))
+
+
+@pytest.mark.parametrize("factors,mult", [((1, 4, 2), (1, 2, 2)), ((2, 2, 8), (1, 1, 2, 2)), ((8, 1, 1), (1, 2, 2, 2)),
+                                          ((1, 1, 1), (1,)), ((2, 4, 4), (1, 2, 2, 4))])
+def test_any_power_of_two_factors_per_axis(factors, mult):
+    torch.manual_seed(0)
+    model = VQVAE(tiny_cfg(downsample=factors, channel_mult=mult)).eval()
+    ft, fh, fw = factors
+    x = rand_video(1, 2 * ft, 2 * fh, 3 * fw)
+    z_q, idx, _ = model.encode(x)
+    assert z_q.shape == (1, 8, 2, 2, 3)
+    with torch.no_grad():
+        assert model.decode(z_q).shape == x.shape
+
+
+def test_per_level_res_blocks_and_cheap_full_resolution():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(num_res_blocks=(0, 1, 0, 2))
+    assert cfg.num_res_blocks == (0, 1, 0, 2) and tiny_cfg(num_res_blocks=2).num_res_blocks == (2, 2, 2, 2)
+    model = VQVAE(cfg).eval()
+    count = sum(1 for m in model.encoder.modules() if type(m).__name__ == "ResBlock")
+    assert count == 0 + 1 + 0 + 2 + (1 + cfg.attn_blocks)          # levels + mid stack
+    x = rand_video(1, 8, 16, 16)
+    with torch.no_grad():
+        assert model.decode(model.encode(x)[0]).shape == x.shape
+    with pytest.raises(ValueError, match="one count >= 0 per level"):
+        tiny_cfg(num_res_blocks=(1, 1))
+
+
+def test_bench_helpers_measure_something_consistent():
+    from osplab.bench.vqvae import train_flops, vqvae_throughput
+
+    torch.manual_seed(0)
+    model = VQVAE(tiny_cfg(attn_blocks=0))
+    before = model.quantizer.codebook.clone()
+    f8, f16 = train_flops(model, 8, 16, 16), train_flops(model, 16, 16, 16)
+    assert f8 > 0 and f16 == pytest.approx(2 * f8, rel=0.02)      # convolutions: linear in frames
+    assert torch.equal(model.quantizer.codebook, before) and model.training  # no codebook update, mode kept
+    out = vqvae_throughput(model, frames=4, height=16, width=16, batch=1, repeats=2, warmup=0)
+    assert all(out[k] > 0 for k in ("frames_per_s", "encode_frames_per_s", "decode_frames_per_s"))
+    assert out["shape"] == [1, 3, 4, 16, 16]
+
+
+@pytest.mark.parametrize("thw,needle", [((6, 16, 16), r"T \(frames\)=6 .* factor 4"),
+                                        ((8, 12, 16), r"H \(height\)=12 .* factor 8"),
+                                        ((8, 16, 20), r"W \(width\)=20 .* factor 8"),
+                                        ((0, 16, 16), r"T \(frames\)=0")])
+def test_bad_clip_shapes_name_the_shape_and_factor(thw, needle):
+    model = VQVAE(tiny_cfg()).eval()
+    with pytest.raises(ValueError, match=needle) as err:
+        model.encode(torch.zeros(1, 3, *thw))
+    assert str(thw).replace(" ", "") in str(err.value).replace(" ", "")
+
+
+def test_bad_inputs_and_configs():
+    model = VQVAE(tiny_cfg()).eval()
+    with pytest.raises(ValueError, match="video_to_tensor"):
+        model.encode(torch.zeros(1, 8, 16, 16, 3))             # channels-last uint8 layout
+    with pytest.raises(ValueError, match="floating point"):
+        model.encode(torch.zeros(1, 3, 8, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\(B, 8, T', H', W'\)"):
+        model.decode(torch.zeros(1, 4, 2, 2, 2))
+    with pytest.raises(ValueError, match="power of two"):
+        tiny_cfg(downsample=(3, 8, 8))
+    with pytest.raises(ValueError, match="needs 3"):
+        tiny_cfg(channel_mult=(1, 2))
+    with pytest.raises(ValueError, match="norm_groups"):
+        tiny_cfg(norm_groups=3)
+    with pytest.raises(ValueError, match=r"unknown VQVAE settings \['depth'\]"):
+        VQVAEConfig.from_dict({**vars(tiny_cfg()), "depth": 3})
+
+
+def test_uint8_roundtrip_and_range():
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, size=(2, 4, 8, 8, 3), dtype=np.uint8)
+    x = video_to_tensor(u8)
+    assert x.shape == (2, 3, 4, 8, 8) and x.min() >= -1 and x.max() <= 1
+    assert x[0, 1, 2, 3, 4].item() == pytest.approx(u8[0, 2, 3, 4, 1] / 127.5 - 1)
+    assert np.array_equal(tensor_to_video(x).numpy(), u8)
+    assert video_to_tensor(u8[0]).shape == (1, 3, 4, 8, 8)      # a single clip gets a batch axis
+    with pytest.raises(ValueError, match="uint8"):
+        video_to_tensor(u8.astype(np.float32))
+
+
+def test_encoder_and_decoder_are_causal_in_time():
+    torch.manual_seed(0)
+    model = VQVAE(tiny_cfg(downsample=(4, 4, 4), channel_mult=(1, 2, 2))).eval()
+    x = rand_video(1, 16, 8, 8)
+    y = x.clone()
+    y[:, :, 8:] = rand_video(1, 8, 8, 8, seed=1)               # change the future (frames 8..15)
+    with torch.no_grad():
+        zx, zy = model.encoder(x), model.encoder(y)
+        torch.testing.assert_close(zx[:, :, :2], zy[:, :, :2], rtol=0, atol=1e-6)  # latents of frames < 8 unchanged
+        assert (zx[:, :, 2:] - zy[:, :, 2:]).abs().max() > 1e-3
+        torch.testing.assert_close(model.encoder(x[:, :, :8]), zx[:, :, :2], rtol=0, atol=1e-6)  # prefix property
+        torch.testing.assert_close(model.decoder(zx[:, :, :2]), model.decoder(zx)[:, :, :8], rtol=0, atol=1e-6)
+
+
+def test_frame_group_norm_matches_per_frame_reference():
+    torch.manual_seed(0)
+    norm = FrameGroupNorm(2, 6)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 6, 3, 4, 5) * 3 + 1
+    ref = torch.stack([F.group_norm(x[:, :, t], 2, norm.weight, norm.bias, norm.eps) for t in range(3)], dim=2)
+    torch.testing.assert_close(norm(x), ref)
+
+
+def test_axial_attention_is_causal_in_time_and_starts_as_identity():
+    torch.manual_seed(0)
+    attn = AxialAttention(8, 2, 4)
+    x = torch.randn(1, 8, 4, 3, 3)
+    torch.testing.assert_close(attn(x), x)                      # zero-initialised output projections
+    for lin in (attn.out_s, attn.out_t):
+        torch.nn.init.normal_(lin.weight)
+    y = x.clone()
+    y[:, :, 3] += 1.0
+    out_x, out_y = attn(x), attn(y)
+    torch.testing.assert_close(out_x[:, :, :3], out_y[:, :, :3])
+    assert (out_x[:, :, 3] - out_y[:, :, 3]).abs().max() > 1e-3
+
+
+def test_upsample_depth_to_space_starts_as_nearest_neighbour():
+    torch.manual_seed(0)
+    up = Upsample(4, 4, (2, 2, 2))
+    x = torch.randn(1, 4, 3, 2, 2)
+    y = up(x)
+    assert y.shape == (1, 4, 6, 4, 4)
+    torch.testing.assert_close(y[:, :, 0::2, 0::2, 0::2], y[:, :, 1::2, 1::2, 1::2])
+
+
+def test_straight_through_gradient_reaches_the_encoder():
+    torch.manual_seed(0)
+    model = VQVAE(tiny_cfg(commitment=0.0)).train()            # no commitment: the only path is through z_q
+    x = rand_video(2, 8, 16, 16)
+    _, losses = model(x)
+    losses["recon_loss"].backward()
+    for p in (model.encoder.net[0].conv.weight, model.encoder.net[-1].conv.weight):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_requantize_snaps_to_codes():
+    torch.manual_seed(0)
+    model = VQVAE(tiny_cfg()).eval()
+    z_q, idx, _ = model.encode(rand_video(1, 8, 16, 16))
+    noisy = z_q + 0.01 * torch.randn_like(z_q)
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(noisy, requantize=True), model.decode_indices(idx))
+
+
+@pytest.mark.parametrize("name", ["default", "tiny"])
+def test_conf_files_build_valid_models(name):
+    cfg = VQVAEConfig.from_dict(OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml").model))
+    if name == "default":
+        assert (cfg.codebook_size, cfg.embed_dim, cfg.downsample) == (8192, 64, (4, 8, 8))
+        return
+    model = VQVAE(cfg).eval()
+    z_q, _, _ = model.encode(torch.zeros(1, 3, 8, 16, 16))
+    assert z_q.shape[1] == cfg.embed_dim
+
+
+def moving_square(t=4, h=16, w=16):
+    """A red-ish square moving right by 2 pixels per frame on a plain background, (1, 3, T, H, W)."""
+    x = torch.full((1, 3, t, h, w), -0.6)
+    x[:, 0] = 0.2
+    for i in range(t):
+        x[0, :, i, 4:10, 2 + 2 * i:8 + 2 * i] = torch.tensor([0.9, -0.8, 0.5])[:, None, None]
+    return x
+
+
+def test_overfit_one_tiny_clip():
+    """A tiny model memorises a moving square: far below the best static (temporal mean) prediction."""
+    torch.manual_seed(0)
+    model = VQVAE(tiny_cfg(downsample=(2, 4, 4), channel_mult=(1, 2, 2), attn_blocks=0))
+    x = moving_square()
+    static_mse = ((x - x.mean(2, keepdim=True)) ** 2).mean().item()  # the plateau of a model ignoring motion
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+    first = None
+    for _ in range(250):
+        _, losses = model(x)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        first = first if first is not None else losses["recon_loss"].item()
+    model.eval()
+    with torch.no_grad():
+        _, losses = model(x)
+    assert losses["recon_loss"].item() < 0.01 * first
+    assert losses["recon_loss"].item() < 0.1 * static_mse
+    assert losses["psnr"].item() > 10 * math.log10(4 / static_mse) + 10
