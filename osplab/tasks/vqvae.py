@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from osplab.bench.vqvae import train_flops
 from osplab.data.clips import BucketBatchSampler, ClipDataset
 from osplab.models.quantizer import codebook_stats
 from osplab.models.vqvae import VQVAE, tensor_to_video, video_to_tensor
@@ -58,19 +59,6 @@ def vqvae_loss(model: nn.Module, batch: torch.Tensor):
     return losses["loss"], metrics
 
 
-def training_flops(model: VQVAE, shape: tuple[int, int, int]) -> float:
-    """Forward + backward FLOPs of one clip of `shape` (T, H, W), counted by torch (backward = 2x forward)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, 3, *shape)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    model.train(was_training)
-    return 3.0 * counter.get_total_flops()
-
-
 def build_task(model: VQVAE, root: str, frames: int, seed: int) -> Task:
     """The training-loop Task for the VQVAE on the train split of the clip store at `root`."""
     data = ClipCrops(ClipDataset(root, "train"), frames, seed)
@@ -81,7 +69,7 @@ def build_task(model: VQVAE, root: str, frames: int, seed: int) -> Task:
         return BucketBatchSampler(shapes, rank, world_size, global_batch, micro_batch, sampler_seed)
 
     return Task(model=model, loss=vqvae_loss, dataset=data, collate=collate,
-                flops_per_sample=training_flops(model, common), batch_sampler=sampler)
+                flops_per_sample=train_flops(model, *common), batch_sampler=sampler)
 
 
 @torch.no_grad()
