@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.osplab-installed
 export PYTHONHASHSEED := 0
+# Idle OpenMP threads sleep instead of spinning (spinning made tiny ops cost ~10 ms on a busy 2-core machine).
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup test repro data params lock clean-venv
 
