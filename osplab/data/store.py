@@ -14,7 +14,6 @@ the same bytes, and the whole folder is swapped in atomically when complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -22,21 +21,13 @@ from typing import Iterable
 
 import numpy as np
 
-from osplab.io import atomic_dir
+from osplab.io import atomic_dir, sha256_file
 
 FORMAT = "osplab-clips/1"
 
 
 def shard_name(split: str, frames: int, height: int, width: int, number: int) -> str:
     return f"{split}/f{frames:03d}_{height}x{width}_{number:03d}.npy"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class StoreWriter:

@@ -14,7 +14,6 @@ Three details decide whether the logits match the original (tests/test_i3d.py ch
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from osplab.io import sha256_file
 
 BN_EPS = 1e-3
 NUM_CLASSES = 400
@@ -218,11 +219,7 @@ def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
 
 @lru_cache(maxsize=4)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def file_sha256(path: Path) -> str:

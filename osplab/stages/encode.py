@@ -9,7 +9,6 @@ Loads the weights at `vqvae.checkpoint`, encodes each whole clip, and writes a l
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 
@@ -21,6 +20,7 @@ from osplab.config import load_params
 from osplab.data.clips import ClipDataset
 from osplab.data.latents import write_latents
 from osplab.data.store import read_manifest
+from osplab.io import sha256_file
 from osplab.models.vqvae import VQVAE, VQVAEConfig, video_to_tensor
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
             yield from encode_split(model, ClipDataset(cfg.data.root, split), cfg.vqvae.encode_batch,
                                     not args.no_progress)
 
-    digest = hashlib.sha256(open(cfg.vqvae.checkpoint, "rb").read()).hexdigest()
+    digest = sha256_file(cfg.vqvae.checkpoint)
     source = {"vqvae_checkpoint": str(cfg.vqvae.checkpoint), "vqvae_sha256": digest, "data_root": str(cfg.data.root)}
     manifest = write_latents(args.out, records(), model.quantizer.codebook.numpy(), source)
     print(f"encoded {manifest['clips']} in {time.perf_counter() - started:.1f} s into {args.out}")

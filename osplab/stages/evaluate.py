@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 
 from osplab.config import load_params
 from osplab.data.clips import ClipDataset
-from osplab.io import atomic_write_json
+from osplab.io import atomic_write_json, sha256_file
 from osplab.metrics.fvd import load_features, save_features
 from osplab.metrics.sanity import clip_features, fvd_result, fvd_window, usable_clips
 from osplab.metrics.video import psnr, ssim, temporal_flicker
@@ -96,14 +96,6 @@ def quality(real: list[np.ndarray], fake: list[np.ndarray], ssim_cfg: dict) -> d
     return {"psnr": p / frames, "ssim": s / frames, "flicker_ratio": ff / fr}
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _real_side(cfg, ecfg: dict, i3d, real_cache: str | None, progress: bool):
     """Steps 1-2 -> (dataset, chosen indices, number of short clips, real features (N, 400), from cache)."""
     ds = ClipDataset(cfg.data.root, ecfg["real_split"])
@@ -153,7 +145,7 @@ def evaluate(cfg, real_cache: str | None, progress: bool = True, i3d=None, vqvae
             "skipped_real": result.skipped_real, "skipped_fake": result.skipped_fake,
             "protocol": dataclasses.asdict(result.protocol), "summary": result.summary(),
             "vqvae_checkpoint": source,
-            "vqvae_sha256": None if source == "in-memory model" else file_sha256(source),
+            "vqvae_sha256": None if source == "in-memory model" else sha256_file(source),
             "seconds": sec}
 
 
