@@ -30,6 +30,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from osplab.io import atomic_path, atomic_write_text
+
 from .distributed import DistEnv, all_gather_objects, barrier, unwrap
 from .ema import EMA
 from .state import capture_rng, full_cpu, load_model_tensors, optimizer_from_flat, optimizer_to_flat
@@ -51,27 +53,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small text file via a temporary file + os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a small text file atomically (osplab.io: temporary file, fsync, os.replace)."""
+    atomic_write_text(path, text)
 
 
 def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path,
                         metadata: dict[str, str] | None = None) -> None:
     """One safetensors file written atomically (e.g. final weights for a DVC output)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         safetensors.torch.save_file(full_cpu(tensors), str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

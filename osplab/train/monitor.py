@@ -7,11 +7,12 @@ the plots (`<out_dir>/live/plots/metrics`, x = step).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from osplab.io import atomic_write_text
 
 
 def truncate_after(live_dir: Path, step: int) -> None:
@@ -29,9 +30,7 @@ def truncate_after(live_dir: Path, step: int) -> None:
             fields = line.split("\t")
             if len(fields) == 2 and fields[0].isdigit() and int(fields[0]) <= step:
                 kept.append(line)
-        tmp = tsv.with_name(f".tmp-{tsv.name}-{os.getpid()}")
-        tmp.write_text("\n".join(kept) + "\n")
-        os.replace(tmp, tsv)
+        atomic_write_text(tsv, "\n".join(kept) + "\n")
 
 
 class Monitor:
