@@ -20,6 +20,7 @@ from osplab.models.attention import (
     attention,
     layout_mask,
 )
+from osplab.models import attention_sparse
 from osplab.models.attention_sparse import flex_attention_layout, sparse_temporal_gather, sparse_temporal_split_kv
 
 ATOL, RTOL = 2e-5, 1e-4
@@ -93,8 +94,48 @@ def test_both_sparse_implementations_match_eager_fwd_bwd(impl, shape):
         close(a, b)
 
 
-def test_split_kv_takes_strided_inputs_and_bf16():
+# split-KV part 2 (each frame over its own keys) on all frames (views, anchors zeroed) or on the
+# other frames only (gathered); ALL_FRAMES_MAX_S picks by S, the tests force each path
+PART2_PATHS = {"all_frames": 10**9, "other_frames": 0}
+
+
+@pytest.mark.parametrize("path", PART2_PATHS)
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 2, 5, 6, 8, 2), (2, 1, 9, 3, 8, 4), (1, 2, 16, 4, 8, 4), (1, 2, 3, 5, 4, 5), (2, 3, 7, 8, 16, 3),
+     (1, 1, 2, 1, 4, 2)],
+    ids=lambda s: "B{}H{}T{}S{}D{}k{}".format(*s),
+)
+def test_split_kv_part2_paths_match_eager_fwd_bwd(path, shape, monkeypatch):
+    """Both part-2 paths, outputs and gradients, incl. T % k != 0, k >= T and S = 1."""
+    monkeypatch.setattr(attention_sparse, "ALL_FRAMES_MAX_S", PART2_PATHS[path])
+    *dims, k = shape
+    q, kk, v = qkv(dims, seed=5)
+    ref = out_and_grads(lambda a, b, c: attention(a, b, c, "sparse", "eager", k), q, kk, v)
+    got = out_and_grads(lambda a, b, c: sparse_temporal_split_kv(a, b, c, k), q, kk, v)
+    for a, b in zip(got, ref, strict=True):
+        close(a, b)
+
+
+@pytest.mark.parametrize("path", PART2_PATHS)
+def test_split_kv_large_scores_do_not_overflow(path, monkeypatch):
+    """Scores of order 100 (exp would overflow without the max/log-sum-exp shifts). Against a
+    float64 reference: at this scale fp32 rounding alone is ~1e-3 (eager fp32 included)."""
+    monkeypatch.setattr(attention_sparse, "ALL_FRAMES_MAX_S", PART2_PATHS[path])
+    q, kk, v = (10 * x.detach() for x in qkv((1, 2, 6, 5, 8), seed=9))
+    ref = out_and_grads(lambda a, b, c: attention(a, b, c, "sparse", "eager", 3),
+                        *(x.double().requires_grad_(True) for x in (q, kk, v)))
+    got = out_and_grads(lambda a, b, c: sparse_temporal_split_kv(a, b, c, 3),
+                        *(x.requires_grad_(True) for x in (q, kk, v)))
+    for a, b in zip(got, ref, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.double(), b, atol=5e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("path", PART2_PATHS)
+def test_split_kv_takes_strided_inputs_and_bf16(path, monkeypatch):
     """The module hands q, k, v as strided views of one qkv tensor; bf16 runs the bf16 kernels."""
+    monkeypatch.setattr(attention_sparse, "ALL_FRAMES_MAX_S", PART2_PATHS[path])
     qkv_all = torch.randn(2, 6, 4, 3, 2, 8, requires_grad=True)  # (B, T, S, three, H, D)
     q, k, v = qkv_all.permute(3, 0, 4, 1, 2, 5).unbind(0)  # (B, H, T, S, D) views
     grad = torch.randn(2, 2, 6, 4, 8)
@@ -105,6 +146,13 @@ def test_split_kv_takes_strided_inputs_and_bf16():
     out_bf16 = sparse_temporal_split_kv(qb, kb, vb, 4)
     assert out_bf16.dtype == torch.bfloat16
     torch.testing.assert_close(out_bf16.float(), attention(q, k, v, "sparse", "eager", 4), atol=3e-2, rtol=3e-2)
+    # bf16 gradients: bf16 dtypes, close to the fp32 reference
+    qb, kb, vb = (x.requires_grad_(True) for x in (qb, kb, vb))
+    got = torch.autograd.grad(sparse_temporal_split_kv(qb, kb, vb, 4), (qb, kb, vb), grad.bfloat16())
+    ref = torch.autograd.grad(attention(q, k, v, "sparse", "eager", 4), (q, k, v), grad)
+    for a, b in zip(got, ref, strict=True):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b, atol=5e-2, rtol=5e-2)
 
 
 def test_sparse_k1_is_full_and_k_ge_T_is_anchor0_plus_own_frame():

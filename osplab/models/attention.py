@@ -17,7 +17,7 @@ Backends (all exact; they differ in speed only):
   eager     reference: q @ k^T, an explicit (T*S, T*S) boolean mask, softmax, @ v. Slow, obvious.
   sdpa      F.scaled_dot_product_attention on 4-D (batch, heads, len, dim) tensors; spatial and
             temporal fold the other axis into the batch; sparse skips the masked frames exactly
-            (attention_sparse: split-KV flash kernels on CPU, gather + SDPA on other devices).
+            (attention_sparse: split-KV (one flash call + batched matmuls) on CPU, gather + SDPA on other devices).
             SDPA picks its kernel by device and dtype (flash / memory-efficient on CUDA, bf16 under
             autocast); nothing here requires a GPU or bf16.
   compiled  torch.compile of the whole attention op (qkv projection, layout reshapes, QK-norm,

@@ -11,12 +11,14 @@ own frame t. Two exact, differentiable implementations (`sparse_temporal_sdpa` p
   keys; every other frame's queries over [anchors, own frame]).
 * `sparse_temporal_split_kv` (CPU): the kept keys of a non-anchor frame are two disjoint sets,
   the anchors (shared by every query) and the frame itself. One flash-attention call runs *all*
-  T*S queries over the anchor keys (a long, efficient problem instead of T short ones), a second
-  runs each non-anchor frame over its own keys, and the two softmaxes are merged exactly with
-  their log-sum-exps. Backward is the split-KV identity: the flash backward of each part, fed the
-  merged output and log-sum-exp, returns exactly that part's gradients. It uses the CPU flash
+  T*S queries over the anchor keys (a long, efficient problem instead of T short ones); each
+  frame over its own S keys is plain batched matmuls (`_SplitKVSparse`), whose softmax is taken
+  directly against the merged log-sum-exp, so the two parts combine exactly. Backward is the
+  split-KV identity: the flash backward of part 1, fed the merged output and log-sum-exp,
+  returns exactly part 1's gradients; part 2's are written out by hand. It uses the CPU flash
   kernels behind SDPA (`aten::_scaled_dot_product_flash_attention_for_cpu[_backward]`), which
-  return the log-sum-exp that the public SDPA hides. ~1.4x faster than the gather at S=64.
+  return the log-sum-exp that the public SDPA hides. Its time relative to dense full attention is
+  measured by the bench_attention stage (metrics/attention.json, reports/attention.md).
 
 `flex_attention_layout`: one FlexAttention call over the flattened (T*S) sequence with a block
 mask whose block size is the frame size S. On CPU (torch 2.13) FlexAttention has no backward:
@@ -92,52 +94,110 @@ def sparse_temporal_split_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return _SplitKVSparse.apply(q, k, v, sparse_k)
 
 
+# Part 2 (each frame over its own keys) runs on all T frames up to this S, on the other frames
+# only above it. All frames: every tensor is a view or updated in place (no gather/scatter of the
+# other frames), at the price of n_a of T wasted (S, S) problems. Measured fwd+bwd at B=2, H=4,
+# T=16, D=64, k=4 (2 busy cores): S=64, all frames as fast as gathering on 1 thread and faster on
+# 2 (fewer memory-bound copies, which scale worse than bmm); S=256, the (S, S) waste dominates
+# (all frames ~4% slower on 1 thread). 128 is between the two measured sizes, not tuned.
+ALL_FRAMES_MAX_S = 128
+
+
 class _SplitKVSparse(torch.autograd.Function):
-    """out = softmax over [anchor keys, own-frame keys] @ values, from two flash calls + an LSE merge."""
+    """out = softmax over [anchor keys, own-frame keys] @ values: one flash call + batched matmuls.
+
+    Shapes: q, k, v (B, H, T, S, D); n_a anchor frames (0, k, 2k, ...), n_o = T - n_a others.
+
+    * Part 1, every query over the anchor keys: the CPU flash kernel on (B, H, T*S) queries and
+      (B, H, n_a*S) keys, a long problem that runs near the matmul rate.
+    * Part 2, each frame over its own S keys: plain bmm on N2 problems of (S, D), where the flash
+      kernel's per-block overhead on small (S, S) problems costs more than the work. The rows
+      are either all N2 = B*H*T frames, as views, with the anchor frames' probabilities zeroed
+      (their own keys are in part 1 already), or the N2 = B*H*n_o other frames, gathered
+      (ALL_FRAMES_MAX_S picks).
+    * The merge is exact: part 2's probabilities are computed directly against the merged
+      log-sum-exp lse = logaddexp(lse_1, lse_own), so they are the final ones, and part 1's output
+      is reweighted by its share exp(lse_1 - lse).
+
+    Backward (split-KV identity): part 1's flash backward fed the merged output and lse returns
+    exactly part 1's gradients; part 2's is the textbook one with its saved probabilities.
+    Part 2 runs in float32 at least (bf16 inputs are upcast; the merge is float32 anyway).
+    """
 
     @staticmethod
+    @torch.autocast("cpu", enabled=False)  # part 2 picks its dtypes itself (autocast would make bmm bf16)
     def forward(ctx, q, k, v, sparse_k):
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
         B, H, T, S, D = q.shape
-        ia, io = _index(anchor_frames(T, sparse_k), q), _index(other_frames(T, sparse_k), q)
-        n_a, n_o = len(ia), len(io)
-        q_all = q.reshape(B, H, T * S, D)  # a view for the module's qkv layout
-        ka, va = (x.index_select(2, ia).reshape(B, H, n_a * S, D) for x in (k, v))
-        out1, lse1 = flash(q_all, ka, va)  # (B, H, T*S, D), (B, H, T*S): everyone over the anchors
-        qo, ko, vo = (x.index_select(2, io).reshape(B * H, n_o, S, D) for x in (q, k, v))
-        out2, lse2 = flash(qo, ko, vo)  # (B*H, n_o, S, D), (B*H, n_o, S): each other frame over itself
-        out1, lse1 = out1.view(B, H, T, S, D), lse1.view(B, H, T, S)
-        lse1_o, lse2 = lse1.index_select(2, io), lse2.view(B, H, n_o, S)
-        lse_o = torch.logaddexp(lse1_o, lse2)  # (B, H, n_o, S), float32
-        w1, w2 = (torch.exp(x - lse_o).unsqueeze(-1) for x in (lse1_o, lse2))
-        out_o = w1 * out1.index_select(2, io).float() + w2 * out2.view(B, H, n_o, S, D).float()
-        out = out1.clone().index_copy_(2, io, out_o.to(out1.dtype))  # anchor frames keep out1
-        lse = lse1.clone().index_copy_(2, io, lse_o)
-        ctx.save_for_backward(q_all, ka, va, qo, ko, vo, out, lse, ia, io)
+        scale = D**-0.5
+        f32 = torch.promote_types(q.dtype, torch.float32)
+        anchor = slice(None, None, sparse_k)  # frames 0, k, 2k, ... on the T axis
+        q_all = q.reshape(B, H, T * S, D)  # a view for contiguous input (copied for the module's qkv layout)
+        ka, va = (x[:, :, anchor].reshape(B, H, -1, D) for x in (k, v))  # strided slice -> one copy each
+        out, lse = flash(q_all, ka, va)  # (B, H, T*S, D), (B, H, T*S) float32, both fresh
+        out, lse = out.view(B, H, T, S, D), lse.view(B, H, T, S)  # (lse has (B, L, H) strides)
+
+        all_frames = S <= ALL_FRAMES_MAX_S
+        io = None if all_frames else _index(other_frames(T, sparse_k), q)
+        rows = lambda x: (x if all_frames else x.index_select(2, io)).reshape(-1, S, x.shape[-1])  # noqa: E731
+        q2, k2, v2 = (rows(x).to(f32) for x in (q, k, v))  # (N2, S, D): views, or gathered frames
+        # scores (N2, S, S), scale folded into the matmul (beta=0: the 0-d input is ignored)
+        p = torch.baddbmm(q2.new_zeros(()), q2, k2.transpose(1, 2), beta=0.0, alpha=scale)
+        m = p.amax(-1, keepdim=True)  # (N2, S, 1)
+        p = p.sub_(m).exp_()  # exp(score - m) <= 1
+        lse_own = p.sum(-1, keepdim=True).log_().add_(m)  # (N2, S, 1): log-sum-exp over the own keys
+        if all_frames:  # anchor frames: their own keys are counted in part 1 only
+            lse_own.view(B * H, T, S)[:, anchor] = -torch.inf
+        lse_1 = rows(lse.unsqueeze(-1))  # (N2, S, 1) part 1's lse of the same rows (a copy: lse is strided)
+        lse_2 = torch.logaddexp(lse_1, lse_own)  # merged lse of the rows; = lse_1 on anchor frames
+        w_own = torch.exp(m - lse_2)
+        if all_frames:
+            w_own.view(B * H, T, S)[:, anchor] = 0.0  # ... and their part-2 probabilities are 0
+        p = p.mul_(w_own)  # final probabilities exp(score - lse_2) of the own keys
+        # merged output rows: part 1 times its share exp(lse_1 - lse_2) (exactly 1 on anchors) + p @ v
+        o = rows(out).to(f32)  # all frames, fp32, contiguous q: a view of out, updated in place
+        o = o.mul_(torch.exp(lse_1 - lse_2)).baddbmm_(p, v2)  # (N2, S, D)
+        if all_frames:
+            out, lse = o.view(B, H, T, S, D).to(q.dtype), lse_2.view(B, H, T, S)
+        else:  # write the other frames' rows; anchor frames keep part 1
+            out.index_copy_(2, io, o.view(B, H, -1, S, D).to(out.dtype))
+            lse.index_copy_(2, io, lse_2.view(B, H, -1, S))
+        ctx.save_for_backward(q_all, ka, va, out, lse, io, q2, k2, v2, p, o)
+        ctx.scale, ctx.sparse_k = scale, sparse_k
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @torch.autocast("cpu", enabled=False)
     def backward(ctx, grad):
         flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-        q_all, ka, va, qo, ko, vo, out, lse, ia, io = ctx.saved_tensors
+        q_all, ka, va, out, lse, io, q2, k2, v2, p, o = ctx.saved_tensors
         B, H, T, S, D = out.shape
-        n_a, n_o = len(ia), len(io)
-        # part 1 (all queries, anchor keys) and part 2 (other frames, own keys), each given the
-        # merged output and log-sum-exp, so each returns exactly its share of the gradients
-        dq, dka, dva = flash_bwd(grad.reshape(B, H, T * S, D), q_all, ka, va, out.view(B, H, T * S, D),
-                                 lse.view(B, H, T * S), 0.0, False)
-        other = lambda x, *shape: x.index_select(2, io).reshape(*shape)  # noqa: E731
-        dqo, dko, dvo = flash_bwd(other(grad, B * H, n_o, S, D), qo, ko, vo, other(out, B * H, n_o, S, D),
-                                  other(lse, B * H, n_o, S), 0.0, False)
-        dq = dq.reshape(B, H, T, S, D).index_add(2, io, dqo.view(B, H, n_o, S, D))
+        scale, anchor, dtype = ctx.scale, slice(None, None, ctx.sparse_k), out.dtype
+        flat = lambda x: x.reshape(B, H, T * S, *x.shape[4:])  # noqa: E731
+        # part 1 (all queries, anchor keys), given the merged output and lse: exactly its gradients.
+        # The kernel returns dq, dka, dva with (B, L, H, D) strides.
+        dq, dka, dva = flash_bwd(flat(grad), q_all, ka, va, flat(out), flat(lse), 0.0, False)
+        # part 2 by hand: p (N2, S, S) the final own-key probabilities, o the merged output rows
+        go = (grad if io is None else grad.index_select(2, io)).reshape(-1, S, D).to(p.dtype)  # (N2, S, D)
+        delta = (go * o).sum(-1, keepdim=True)  # rowsum(dO * O), (N2, S, 1)
+        ds = torch.bmm(go, v2.transpose(1, 2)).sub_(delta).mul_(p)  # d(scaled scores), (N2, S, S)
+        dk2 = torch.baddbmm(ds.new_zeros(()), ds.transpose(1, 2), q2, beta=0.0, alpha=scale)  # (N2, S, D)
+        dv2 = torch.bmm(p.transpose(1, 2), go)
+        if io is None:  # all frames: part 2 gives whole tensors; add part 1 in place
+            dq = dq.reshape(-1, S, D).to(p.dtype).baddbmm_(ds, k2, alpha=scale)  # reshape: one copy
+            dq, dk, dv = (x.to(dtype).view(B, H, T, S, D) for x in (dq, dk2, dv2))
+            dk[:, :, anchor] += dka.unflatten(2, (-1, S))  # anchor frames: part 1's gradients too
+            dv[:, :, anchor] += dva.unflatten(2, (-1, S))
+            return dq, dk, dv, None
+        dq = dq.unflatten(2, (T, S)).index_add_(2, io, torch.bmm(ds, k2).view(B, H, -1, S, D).to(dtype), alpha=scale)
 
         def frames_back(d_anchor, d_other):  # anchors and others partition the frames
             d = d_anchor.new_empty(B, H, T, S, D)
-            d.index_copy_(2, ia, d_anchor.reshape(B, H, n_a, S, D))
-            return d.index_copy_(2, io, d_other.reshape(B, H, n_o, S, D))
+            d[:, :, anchor] = d_anchor.unflatten(2, (-1, S))
+            return d.index_copy_(2, io, d_other.view(B, H, -1, S, D).to(dtype))
 
-        return dq, frames_back(dka, dko), frames_back(dva, dvo), None
+        return dq, frames_back(dka, dk2), frames_back(dva, dv2), None
 
 
 # ---------------------------------------------------------------- FlexAttention (block masks)
