@@ -104,6 +104,18 @@ def test_sweep_shares_level_zero_and_extracts_each_set_once():
         sanity.corruption_sweep(cs, ["jpeg"], levels, model, ECFG, progress=False)
 
 
+def test_sweep_against_reference_features_uses_every_clip_as_b():
+    model, cs = FakeI3D(), clips(6)
+    reference = sanity.clip_features(clips(5, seed=1), FakeI3D(), ECFG, progress=False)
+    rows = sanity.corruption_sweep(cs, ["blur"], [0.0, 1.0], model, ECFG, progress=False, reference=reference)
+    assert model.seen == 6 + 6                         # B once, then B blurred; A is not extracted again
+    fb = sanity.clip_features(cs, FakeI3D(), ECFG, progress=False)
+    assert rows[0]["fvd"] == pytest.approx(sanity.fvd_result(reference, fb, ECFG, "fake").fvd, rel=1e-9)
+    assert rows[0]["protocol"].n_real == 5 and rows[0]["protocol"].n_fake == 6
+    with pytest.raises(ValueError, match="need"):
+        sanity.corruption_sweep(cs, ["blur"], [0.0], model, ECFG, progress=False, reference=reference[:1])
+
+
 def fake_rows(values: dict[str, list[float]]) -> list[dict]:
     feats = np.random.default_rng(0).normal(size=(3, 400))
     p = sanity.fvd_result(feats, feats + 1, dict(ECFG, bootstrap_rounds=0), "x").protocol

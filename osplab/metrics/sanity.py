@@ -102,21 +102,31 @@ def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def corruption_sweep(clips: list[np.ndarray], kinds, levels, model: torch.nn.Module, ecfg,
-                     progress: bool = True) -> list[dict]:
+                     progress: bool = True, reference: np.ndarray | None = None) -> list[dict]:
     """FVD(A, corrupt(B)) for every kind and level -> rows {kind, level, strength, fvd, std, p2_5, p97_5, ...}.
 
-    clips: FVD windows (frames, H, W, 3) of real clips; the halves and the corruptions are seeded
-    by ecfg["seed"]. Level 0 (uncorrupted B) is computed once and shared by every kind.
+    clips: FVD windows (frames, H, W, 3) of real clips. Without `reference` they are split into
+    seeded halves A and B; with `reference` (I3D features (N, 400) of other real clips, e.g. the
+    cached val features of the `eval_real` stage) A is the reference and B is all of `clips`,
+    which must then come from clips disjoint from the reference's (another split).
+    The corruptions are seeded by ecfg["seed"]. Level 0 (uncorrupted B) is computed once and
+    shared by every kind.
     """
     if isinstance(kinds, str) or isinstance(levels, str):
         raise ValueError(f"kinds={kinds!r}, levels={levels!r}: give lists (papermill: -y 'levels: [0, 0.5, 1]')")
     bad = [k for k in kinds if k not in KINDS]
     if bad or not len(levels) or min(levels) < 0 or max(levels) > 1:
         raise ValueError(f"kinds {list(kinds)} / levels {list(levels)}: kinds from {KINDS}, levels in [0, 1]")
-    a_idx, b_idx = split_halves(len(clips), ecfg["seed"])
     sha = model.weights_sha256
-    feats_a = clip_features([clips[i] for i in a_idx], model, ecfg, "I3D A", progress)
-    b = [clips[i] for i in b_idx]
+    if reference is None:
+        a_idx, b_idx = split_halves(len(clips), ecfg["seed"])
+        feats_a = clip_features([clips[i] for i in a_idx], model, ecfg, "I3D A", progress)
+        b = [clips[i] for i in b_idx]
+    else:
+        if reference.ndim != 2 or len(reference) < 2 or len(clips) < 2:
+            raise ValueError(f"reference features {reference.shape} and {len(clips)} clips: need (N >= 2, F) "
+                             "features and >= 2 clips")
+        feats_a, b = np.asarray(reference, dtype=np.float64), list(clips)
     t, h, w = b[0].shape[:3]
     base = None
     rows = []

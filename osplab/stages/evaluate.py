@@ -52,8 +52,10 @@ def pixels_sha256(ids: list[str], clips: list[np.ndarray]) -> str:
 
 
 def real_features(windows: list[np.ndarray], ids: list[str], model, ecfg: dict, cache: str | None,
-                  progress: bool) -> tuple[np.ndarray, bool]:
-    """I3D features (N, 400) of the real FVD windows, from/to `cache` -> (features, came from cache)."""
+                  progress: bool, readonly: bool = False) -> tuple[np.ndarray, bool]:
+    """I3D features (N, 400) of the real FVD windows, from/to `cache` -> (features, came from cache).
+
+    readonly: never write the cache (another stage owns it); a missing or stale one is an error."""
     meta = {k: ecfg[k] for k in ("frames", "stride", "resolution", "resize", "num_clips", "seed", "real_split")}
     meta.update(weights_sha256=model.weights_sha256, n=len(windows), pixels_sha256=pixels_sha256(ids, windows))
     if cache and Path(cache).is_file():
@@ -61,7 +63,12 @@ def real_features(windows: list[np.ndarray], ids: list[str], model, ecfg: dict, 
         stale = sorted(k for k, v in meta.items() if old.get(k) != v)
         if not stale:
             return feats, True
+        if readonly:
+            raise ValueError(f"{cache}: made from other clips or another protocol (differs in {stale}); "
+                             "re-run the stage that writes it (dvc repro eval_real)")
         print(f"{cache}: made from other clips or another protocol (differs in {stale}); recomputing")
+    elif readonly:
+        raise FileNotFoundError(f"{cache}: no cached real features; run `dvc repro eval_real` first")
     feats = clip_features(windows, model, ecfg, "I3D real", progress)
     if cache:
         save_features(cache, feats, meta)
@@ -96,12 +103,15 @@ def quality(real: list[np.ndarray], fake: list[np.ndarray], ssim_cfg: dict) -> d
     return {"psnr": p / frames, "ssim": s / frames, "flicker_ratio": ff / fr}
 
 
-def _real_side(cfg, ecfg: dict, i3d, real_cache: str | None, progress: bool):
-    """Steps 1-2 -> (dataset, chosen indices, number of short clips, real features (N, 400), from cache)."""
+def real_side(cfg, ecfg: dict, i3d, real_cache: str | None, progress: bool, readonly: bool = False):
+    """Steps 1-2 -> (dataset, chosen indices, number of short clips, real features (N, 400), from cache).
+
+    Also used by notebooks/fvd_sanity.ipynb, whose reference set is these cached val features."""
     ds = ClipDataset(cfg.data.root, ecfg["real_split"])
     indices, n_short = usable_clips(ds, ecfg["frames"], ecfg["stride"], ecfg["num_clips"], ecfg["seed"])
     windows = [fvd_window(ds[i]["video"], ecfg["frames"], ecfg["stride"]) for i in indices]
-    feats, cached = real_features(windows, [ds.rows[i]["id"] for i in indices], i3d, ecfg, real_cache, progress)
+    feats, cached = real_features(windows, [ds.rows[i]["id"] for i in indices], i3d, ecfg, real_cache, progress,
+                                  readonly)
     return ds, indices, n_short, feats, cached
 
 
@@ -117,7 +127,7 @@ def evaluate(cfg, real_cache: str | None, progress: bool = True, i3d=None, vqvae
 
     ecfg, sec, t0 = OmegaConf.to_container(cfg.eval, resolve=True), {}, time.perf_counter()
     i3d = i3d or load_i3d(ecfg.get("device"))
-    ds, indices, n_short, feats_r, cached = _real_side(cfg, ecfg, i3d, real_cache, progress)
+    ds, indices, n_short, feats_r, cached = real_side(cfg, ecfg, i3d, real_cache, progress)
     sec["real_i3d"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -154,7 +164,7 @@ def build_real_cache(cfg, real_cache: str, progress: bool = True, i3d=None) -> d
     from osplab.metrics.i3d import load_i3d
 
     ecfg, t0 = OmegaConf.to_container(cfg.eval, resolve=True), time.perf_counter()
-    _, _, n_short, feats, cached = _real_side(cfg, ecfg, i3d or load_i3d(ecfg.get("device")), real_cache, progress)
+    _, _, n_short, feats, cached = real_side(cfg, ecfg, i3d or load_i3d(ecfg.get("device")), real_cache, progress)
     return {"clips": len(feats), "skipped_real": n_short, "from_cache": cached, "seconds": time.perf_counter() - t0}
 
 
