@@ -188,3 +188,29 @@ def test_ddp_two_ranks_match_one_process_and_agree():
     torch.testing.assert_close(out["ema0"], single.codebook)  # same global batch -> same EMA step
     torch.testing.assert_close(out["ema1"], single.codebook)
     assert torch.equal(out["restart0"], out["restart1"])
+
+
+@pytest.mark.parametrize("l2", [False, True])
+def test_kmeans_init_is_a_lloyd_fixed_point_and_survives_the_first_restart(l2):
+    """Six tight clusters, four codes: after k-means every code is the (normalised) mean of the
+    vectors nearest to it, it fits far better than its random start, and the first training batch's
+    restart leaves the codes alone (k-means counts as their usage)."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0], [-4.0, -4.0, 0], [0, -4.0, 4.0], [4.0, 4.0, 4.0]])
+    z = (centres[:, None] + 0.05 * torch.randn(6, 40, 3, generator=g)).reshape(-1, 3)
+    vq = make_vq(k=4, d=3, l2=l2, started=False).train()
+    stats = vq.init_kmeans(z, iters=20, seed=0)
+    zn = F.normalize(z, dim=1) if l2 else z
+    idx = vq.nearest(zn)
+    for k in range(4):
+        mean = zn[idx == k].mean(0)
+        torch.testing.assert_close(vq.codebook[k], F.normalize(mean, dim=0) if l2 else mean)
+    assert stats["kmeans_usage"] == 1.0 and stats["kmeans_vectors"] == 240 and stats["kmeans_snr_db"] > 3
+    assert torch.equal(vq.ema_sum, vq.codebook) and torch.equal(vq.ema_count, torch.ones(4))
+    before = vq.codebook.clone()
+    vq(as5d(z[:3]))                      # first training batch: uses one code only, but none is dead
+    assert (vq.codebook - before).abs().max() < 0.5   # moved by the EMA only, not replaced
+    unused = idx[0] != torch.arange(4)
+    torch.testing.assert_close(vq.codebook[unused], before[unused])
+    with pytest.raises(ValueError, match="at least codebook_size=4 vectors"):
+        make_vq(k=4, d=3).init_kmeans(z[:3], iters=1, seed=0)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from omegaconf import OmegaConf
 
 from osplab.models.vqvae import (VQVAE, AxialAttention, FrameGroupNorm, Upsample, VQVAEConfig, tensor_to_video,
@@ -25,8 +26,17 @@ def one_thread():
 
 
 def tiny_cfg(**over) -> VQVAEConfig:
-    settings = dict(base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1, downsample=(4, 8, 8),
+    """A tiny hierarchical model (the patch architecture has its own helper, patch_cfg)."""
+    settings = dict(arch="hierarchical", base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1, downsample=(4, 8, 8),
                     attn_blocks=1, attn_heads=2, codebook_size=64, embed_dim=8, l2_normalize=True,
+                    commitment=0.25, ema_decay=0.9, restart_every=20, norm_groups=4)
+    settings.update(over)
+    return VQVAEConfig(**settings)
+
+
+def patch_cfg(**over) -> VQVAEConfig:
+    settings = dict(arch="patch", base_channels=16, channel_mult=(1,), num_res_blocks=1, downsample=(4, 8, 8),
+                    attn_blocks=1, attn_heads=2, codebook_size=64, embed_dim=8, l2_normalize=False,
                     commitment=0.25, ema_decay=0.9, restart_every=20, norm_groups=4)
     settings.update(over)
     return VQVAEConfig(**settings)
@@ -122,6 +132,10 @@ def test_bad_inputs_and_configs():
         tiny_cfg(channel_mult=(1, 2))
     with pytest.raises(ValueError, match="norm_groups"):
         tiny_cfg(norm_groups=3)
+    with pytest.raises(ValueError, match="choose 'patch' or 'hierarchical'"):
+        tiny_cfg(arch="unet")
+    with pytest.raises(ValueError, match="one channel_mult entry"):
+        patch_cfg(channel_mult=(1, 2))
     with pytest.raises(ValueError, match=r"unknown VQVAE settings \['depth'\]"):
         VQVAEConfig.from_dict({**vars(tiny_cfg()), "depth": 3})
 
@@ -138,18 +152,24 @@ def test_uint8_roundtrip_and_range():
         video_to_tensor(u8.astype(np.float32))
 
 
-def test_encoder_and_decoder_are_causal_in_time():
+@pytest.mark.parametrize("arch", ["hierarchical", "patch"])
+def test_encoder_and_decoder_are_causal_in_time(arch):
     torch.manual_seed(0)
-    model = VQVAE(tiny_cfg(downsample=(4, 4, 4), channel_mult=(1, 2, 2))).eval()
+    cfg = tiny_cfg(downsample=(4, 4, 4), channel_mult=(1, 2, 2)) if arch == "hierarchical" else \
+        patch_cfg(downsample=(4, 4, 4))
+    model = VQVAE(cfg).eval()
+    for m in model.modules():  # non-zero residual branches, so the test sees every path
+        if isinstance(m, torch.nn.Conv3d):
+            torch.nn.init.normal_(m.weight, std=0.1)
     x = rand_video(1, 16, 8, 8)
     y = x.clone()
     y[:, :, 8:] = rand_video(1, 8, 8, 8, seed=1)               # change the future (frames 8..15)
     with torch.no_grad():
         zx, zy = model.encoder(x), model.encoder(y)
-        torch.testing.assert_close(zx[:, :, :2], zy[:, :, :2], rtol=0, atol=1e-6)  # latents of frames < 8 unchanged
+        torch.testing.assert_close(zx[:, :, :2], zy[:, :, :2], rtol=1e-4, atol=1e-5)  # latents of frames < 8 unchanged
         assert (zx[:, :, 2:] - zy[:, :, 2:]).abs().max() > 1e-3
-        torch.testing.assert_close(model.encoder(x[:, :, :8]), zx[:, :, :2], rtol=0, atol=1e-6)  # prefix property
-        torch.testing.assert_close(model.decoder(zx[:, :, :2]), model.decoder(zx)[:, :, :8], rtol=0, atol=1e-6)
+        torch.testing.assert_close(model.encoder(x[:, :, :8]), zx[:, :, :2], rtol=1e-4, atol=1e-5)  # prefix property
+        torch.testing.assert_close(model.decoder(zx[:, :, :2]), model.decoder(zx)[:, :, :8], rtol=1e-4, atol=1e-5)
 
 
 def test_frame_group_norm_matches_per_frame_reference():
@@ -202,6 +222,75 @@ def test_requantize_snaps_to_codes():
     noisy = z_q + 0.01 * torch.randn_like(z_q)
     with torch.no_grad():
         torch.testing.assert_close(model.decode(noisy, requantize=True), model.decode_indices(idx))
+
+
+@pytest.mark.parametrize("thw", [(4, 8, 8), (8, 16, 24), (12, 24, 16)])
+def test_patch_architecture_shapes_and_roundtrip(thw):
+    torch.manual_seed(0)
+    model = VQVAE(patch_cfg()).eval()
+    t, h, w = thw
+    x = rand_video(2, t, h, w)
+    z_q, idx, _ = model.encode(x)
+    assert z_q.shape == (2, 8, t // 4, h // 8, w // 8) and idx.shape == (2, t // 4, h // 8, w // 8)
+    with torch.no_grad():
+        recon, _ = model(x)
+        assert recon.shape == x.shape
+        torch.testing.assert_close(model.decode_indices(idx), recon)
+    with pytest.raises(ValueError, match=r"H \(height\)=12"):
+        model.encode(torch.zeros(1, 3, 8, 12, 16))
+
+
+def smooth_video(n, t, h, w, seed):
+    """Random smooth colour videos (N, 3, T, H, W) in [-1, 1]: bilinearly upsampled coarse noise."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, t // 2 + 1, h // 4 + 1, w // 4 + 1, generator=g) * 1.6 - 0.8
+    return F.interpolate(coarse, size=(t, h, w), mode="trilinear", align_corners=True)
+
+
+def pca_reference(clips: list[torch.Tensor], dim: int) -> list[torch.Tensor]:
+    """The best rank-`dim` linear reconstruction of the clips' 4x8x8 blocks, by numpy (independent of the model)."""
+    pattern = "n c (t a) (h b) (w d) -> (n t h w) (c a b d)"
+    rows = [rearrange(x.double(), pattern, a=4, b=8, d=8).numpy() for x in clips]
+    allrows = np.concatenate(rows)
+    mean = allrows.mean(0)
+    _, _, vt = np.linalg.svd(allrows - mean, full_matrices=False)
+    out = []
+    for x, r in zip(clips, rows):
+        rec = torch.from_numpy((r - mean) @ vt[:dim].T @ vt[:dim] + mean).float()
+        n, _, t, h, w = x.shape
+        out.append(rearrange(rec, "(n t h w) (c a b d) -> n c (t a) (h b) (w d)",
+                             n=n, t=t // 4, h=h // 8, w=w // 8, a=4, b=8, d=8))
+    return out
+
+
+def test_init_from_data_starts_the_patch_model_as_the_pca_autoencoder():
+    torch.manual_seed(0)
+    model = VQVAE(patch_cfg(embed_dim=8, codebook_size=32))
+    clips = [smooth_video(6, 8, 16, 16, seed=1), smooth_video(4, 8, 8, 16, seed=2)]
+    stats = model.init_from_data(clips, kmeans_iters=5, seed=0)
+    model.eval()
+    with torch.no_grad():  # without the quantizer, encoder + decoder is exactly the PCA reconstruction
+        for x, ref in zip(clips, pca_reference(clips, 8), strict=True):
+            torch.testing.assert_close(model.decoder(model.encoder(x)), ref, atol=2e-4, rtol=0)
+    assert 10 < stats["pca_psnr"] < 200 and stats["kmeans_vectors"] == 6 * 2 * 2 * 2 + 4 * 2 * 1 * 2
+    assert 0 < stats["kmeans_usage"] <= 1
+    again = VQVAE(patch_cfg(embed_dim=8, codebook_size=32))  # deterministic: same clips and seed, same init
+    again.init_from_data(clips, kmeans_iters=5, seed=0)
+    for name, value in again.state_dict().items():
+        if name.startswith(("encoder.stem", "decoder.unpatch", "quantizer.codebook")):
+            torch.testing.assert_close(value, model.state_dict()[name], rtol=0, atol=0)
+
+
+def test_patch_model_with_data_init_beats_random_init_at_once():
+    """On unseen smooth video the initialised model (64 codes) beats a randomly initialised one by > 3 dB."""
+    torch.manual_seed(0)
+    clips = [smooth_video(8, 8, 16, 16, seed=3)]
+    val = smooth_video(4, 8, 16, 16, seed=4)
+    plain, init = VQVAE(patch_cfg()).eval(), VQVAE(patch_cfg())
+    init.init_from_data(clips, kmeans_iters=5, seed=0)
+    init.eval()
+    with torch.no_grad():
+        assert init(val)[1]["psnr"] > plain(val)[1]["psnr"] + 3
 
 
 @pytest.mark.parametrize("name", ["default", "tiny"])

@@ -163,6 +163,42 @@ class VectorQuantizer(nn.Module):
         self.updates.add_(1)
 
     @torch.no_grad()
+    def init_kmeans(self, z: torch.Tensor, iters: int, seed: int) -> dict[str, float]:
+        """Start the codebook as k-means of the vectors z (N, D), N >= codebook_size (Lloyd's algorithm).
+
+        Codes start at distinct random rows of z (PCG-seeded by `seed`); each Lloyd step moves every
+        code to the mean of its vectors (renormalised with l2_normalize) and re-seeds empty codes
+        with random rows. The EMA state restarts from the result, and the final assignment counts
+        as usage, so the first training batch's dead-code restart only replaces codes that k-means
+        left empty. Returns kmeans_snr_db (10 log10 of the vectors' total variance over the mean
+        squared quantization error), kmeans_usage (fraction of codes with vectors) and kmeans_vectors.
+        """
+        z = self._norm(z.detach().float())
+        n, K = len(z), self.codebook_size
+        if n < K:
+            raise ValueError(f"k-means needs at least codebook_size={K} vectors, got {n}: initialise from more clips")
+        g = torch.Generator().manual_seed(seed)
+        self.codebook.copy_(z[torch.randperm(n, generator=g)[:K]])
+        for _ in range(iters):
+            idx = self.nearest(z)
+            counts = torch.bincount(idx, minlength=K)
+            means = torch.zeros_like(self.codebook).index_add_(0, idx, z) / counts.clamp_min(1)[:, None]
+            empty = counts == 0
+            means[empty] = z[torch.randint(n, (int(empty.sum()),), generator=g)]
+            self.codebook.copy_(self._norm(means))
+        if _distributed():  # every rank computed the same; make it bitwise so
+            dist.broadcast(self.codebook, src=0)
+        idx = self.nearest(z)
+        counts = torch.bincount(idx, minlength=K).float()
+        self.ema_sum.copy_(self.codebook)
+        self.ema_count.fill_(1.0)
+        self.usage_since_restart.copy_(counts)
+        err = (z - self.codebook[idx]).pow(2).sum(1).mean()
+        var = (z - z.mean(0)).pow(2).sum(1).mean()
+        return {"kmeans_snr_db": 10.0 * math.log10(var.item() / max(err.item(), 1e-30)),
+                "kmeans_usage": (counts > 0).float().mean().item(), "kmeans_vectors": n}
+
+    @torch.no_grad()
     def restart_dead(self, z: torch.Tensor) -> int:
         """Replace every code unused since the last check by a random row of z (N, D).
 

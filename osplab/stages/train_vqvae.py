@@ -3,7 +3,9 @@
     python -m osplab.stages.train_vqvae                        # one process
     torchrun --nproc_per_node=N -m osplab.stages.train_vqvae   # DDP (what dvc.yaml runs)
 
-Reads params.yaml (`vqvae`, `train_vqvae`, `eval.ssim`, `data.root`). Writes the weights to
+Reads params.yaml (`vqvae`, `train_vqvae`, `eval.ssim`, `data.root`). Before training, the model is
+initialised from a seeded subset of training crops (`vqvae.init_clips`: PCA stem for arch=patch,
+k-means codebook; its numbers are saved as init_* metrics). Writes the weights to
 `vqvae.checkpoint` (safetensors, with the model config in its metadata), metrics/vqvae.json
 (val_psnr, val_ssim, codebook_usage, perplexity, stage_seconds, frames_per_s, ...) and
 reports/vqvae_recon.png. Re-running the command resumes from the newest checkpoint in
@@ -16,13 +18,14 @@ import argparse
 import json
 import time
 
+import torch
 from omegaconf import OmegaConf
 
 from osplab.config import load_params
 from osplab.data.clips import ClipDataset
 from osplab.io import atomic_write_json
 from osplab.models.vqvae import VQVAE, VQVAEConfig
-from osplab.tasks.vqvae import build_task, evaluate, reconstruct
+from osplab.tasks.vqvae import build_task, evaluate, init_batches, reconstruct
 from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
 from osplab.train import seed_everything, train
 from osplab.viz import save_figure, video_grid
@@ -32,7 +35,8 @@ def plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True)
 
 
-def export_and_evaluate(model: VQVAE, cfg, train_cfg: TrainConfig, args, started: float, train_metrics: dict) -> dict:
+def export_and_evaluate(model: VQVAE, cfg, train_cfg: TrainConfig, args, started: float, train_metrics: dict,
+                        init: dict) -> dict:
     """Rank 0: load the final live weights, save them, score the val split, draw reconstructions."""
     weights = read_weights(train_cfg.checkpoint_dir, "model")
     model.load_state_dict(weights)
@@ -45,9 +49,21 @@ def export_and_evaluate(model: VQVAE, cfg, train_cfg: TrainConfig, args, started
                      title=f"VQVAE reconstructions (val), PSNR {metrics['val_psnr']:.1f} dB")
     save_figure(fig, args.recon)
     metrics.update({"train_steps": train_cfg.steps, "train_loss": train_metrics.get("train/loss"),
-                    "stage_seconds": time.perf_counter() - started})
+                    **{f"init_{k}": v for k, v in init.items()}, "stage_seconds": time.perf_counter() - started})
     atomic_write_json(args.metrics, metrics)
     return metrics
+
+
+def initialise(model: VQVAE, crops, cfg, train_cfg: TrainConfig) -> dict:
+    """Data-dependent initialisation (PCA stem, k-means codebook; see VQVAE.init_from_data), timed."""
+    start = time.perf_counter()
+    if train_cfg.num_threads:
+        torch.set_num_threads(train_cfg.num_threads)
+    stats = model.init_from_data(init_batches(crops, cfg.vqvae.init_clips, cfg.seed), cfg.vqvae.kmeans_iters,
+                                 cfg.seed)
+    stats["seconds"] = time.perf_counter() - start
+    print("VQVAE data init: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items()), flush=True)
+    return stats
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -63,10 +79,11 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(train_cfg.seed)  # the same initial weights on every rank
     model = VQVAE(VQVAEConfig.from_dict(plain(cfg.vqvae.model)))
     task = build_task(model, cfg.data.root, cfg.vqvae.train_frames, cfg.seed)
+    init = initialise(model, task.dataset, cfg, train_cfg)  # a resumed run then loads its checkpoint over it
     train_metrics = train(train_cfg, task)
     metrics = {}
     if env.is_main:
-        metrics = export_and_evaluate(model, cfg, train_cfg, args, started, train_metrics)
+        metrics = export_and_evaluate(model, cfg, train_cfg, args, started, train_metrics, init)
         print(json.dumps(metrics, indent=1))
     cleanup_distributed()
     return metrics

@@ -52,6 +52,18 @@ def collate(videos: list[np.ndarray]) -> torch.Tensor:
     return video_to_tensor(np.stack(videos))
 
 
+def init_batches(data: ClipCrops, count: int, seed: int) -> list[torch.Tensor]:
+    """A seeded subset of `count` training crops as float batches (one per clip shape), for
+    `VQVAE.init_from_data`. Depends only on (data, count, seed): every DDP rank gets the same."""
+    rng = np.random.Generator(np.random.PCG64([seed, 2]))
+    picks = np.sort(rng.choice(len(data), min(count, len(data)), replace=False))
+    groups: dict[tuple, list[np.ndarray]] = {}
+    for i in picks:
+        crop = data[int(i)]
+        groups.setdefault(crop.shape, []).append(crop)
+    return [collate(crops) for _, crops in sorted(groups.items())]
+
+
 def vqvae_loss(model: nn.Module, batch: torch.Tensor):
     """The loop's loss: reconstruction MSE + commitment; logs PSNR, usage and perplexity of the batch."""
     _, losses = model(batch)
