@@ -29,11 +29,12 @@ attention's share of the time grows with T*S. The attention module's own `compil
 the same kernels as `sdpa` (nothing to fuse) and differs from it by noise only.
 
 Sparse temporal (k=4, 16 frames) keeps 4.75/16 = 0.297 of the query-key pairs and is computed
-exactly without a mask: on CPU one flash call runs all queries over the anchor frames, a second
-runs each non-anchor frame over itself (S x S), and the two softmaxes are merged by their
-log-sum-exps (split-KV; osplab/models/attention_sparse.py). Its time ratio to dense sits above
-0.297: the per-frame S x S part runs small, less efficient flash tiles, and the gathers and the
-merge are memory-bound extra work. Both shrink relative to the attention as S grows, so the ratio
+exactly without a mask: on CPU one flash call runs all queries over the anchor frames, batched
+matmuls run each frame over itself (S x S; the flash kernel is slower on such small problems), and
+the own-frame softmax is taken against the merged log-sum-exp, so the merge is exact and in place
+(split-KV; osplab/models/attention_sparse.py). Its time ratio to dense sits above 0.297: the S x S
+part runs at a lower rate than the long flash call, and the merge and its backward are
+memory-bound extra work. Both shrink relative to the attention as S grows, so the ratio
 is closer to 0.297 at S=256 than at S=64. FlexAttention (forward only on CPU) is shown beside it.
 
 Environment. Both variables are read once, when a process starts, so the DVC stage sets them on
