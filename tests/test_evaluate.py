@@ -102,6 +102,22 @@ def test_real_cache_is_reused_only_for_the_same_pixels_and_protocol(tmp_path):
     assert not hit and model.seen == 16
 
 
+def test_readonly_real_cache_never_writes(tmp_path):
+    """fvd_sanity reads the eval_real stage's cache: a missing or stale one is an error, not a rewrite."""
+    model, windows, ids = FakeI3D(), clips(3, 0), ["a", "b", "c"]
+    cache = tmp_path / "real.npz"
+    with pytest.raises(FileNotFoundError, match="dvc repro eval_real"):
+        ev.real_features(windows, ids, model, ECFG, str(cache), progress=False, readonly=True)
+    assert not cache.exists() and model.seen == 0
+    first, _ = ev.real_features(windows, ids, model, ECFG, str(cache), progress=False)
+    got, hit = ev.real_features(windows, ids, model, ECFG, str(cache), progress=False, readonly=True)
+    assert hit and np.array_equal(got, first)
+    before = cache.read_bytes()
+    with pytest.raises(ValueError, match=r"differs in \['resize'\]"):
+        ev.real_features(windows, ids, model, dict(ECFG, resize="pytorch"), str(cache), progress=False, readonly=True)
+    assert cache.read_bytes() == before
+
+
 @pytest.fixture(scope="module")
 def stage(smoke_store, tmp_path_factory):
     """params.yaml (smoke profile on the smoke store) and a random-weight tiny VQVAE checkpoint."""

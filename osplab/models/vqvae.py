@@ -390,9 +390,8 @@ class VQVAE(nn.Module):
         own init). The model then *is* the PCA autoencoder with embed_dim components.
         Both archs: the codebook starts as k-means (kmeans_iters Lloyd steps) of the encoder outputs.
         Deterministic for fixed clips and seed, so every DDP rank computes the same initialisation.
-        Returns pca_psnr (dB on [0, 1] pixels, patch arch; nan otherwise), kmeans_psnr_latent (how
-        well the codebook covers the latents: 10 log10 of their variance over the k-means error) and
-        the number of latent vectors the codebook was fitted to.
+        Returns pca_psnr (dB on [0, 1] pixels of the init clips, before clamping; patch arch, nan
+        otherwise) and the quantizer's kmeans_snr_db, kmeans_usage and kmeans_vectors.
         """
         stats = {"pca_psnr": float("nan")}
         if self.cfg.arch == "patch":
@@ -417,8 +416,8 @@ class VQVAE(nn.Module):
             dec.inp.bias.zero_()
             dec.unpatch.weight.copy_(comp.t()[:, :, None, None, None])
             dec.unpatch.bias.copy_(mean.float())
-            kept = centred @ vh[:dim].t() @ vh[:dim] + mean                      # PCA reconstruction
-            mse = ((kept.clamp(-1, 1) - rows) ** 2).mean().item()
+            # the PCA reconstruction's squared error is the variance left in the discarded components
+            mse = evals.sort(descending=True).values[dim:].clamp_min(0).sum().item() / rows.numel()
             stats["pca_psnr"] = 10.0 * math.log10(4.0 / max(mse, 1e-20))
         latents = torch.cat([rearrange(self.encoder(chunk), "n d t h w -> (n t h w) d")
                              for x in clips for chunk in x.split(16)])  # chunks bound the activation memory
