@@ -21,12 +21,10 @@ Two architectures (`arch`), both 3D-convolutional with residual blocks and axial
   equals its stride, e.g. 4x8x8), residual blocks and axial attention work at latent resolution,
   and a 1x1x1 conv + depth-to-space maps back to pixels. It is initialised from data
   (`init_from_data`): stem and output projection from the principal components of training
-  patches, so training starts from the best *linear* patch autoencoder (31.5 dB PSNR with 64
-  components on the embedded set), and the codebook by k-means of the encoder outputs. On 2 CPU
-  cores, where a run has a few hundred steps, this is what makes the PSNR target reachable: the
-  hierarchical model, initialised at random, sat near 20 dB after 500 steps, and so did a
-  randomly initialised patch model and even a plain linear patch autoencoder after 300 steps
-  (it needs ~2000 Adam steps to reach what PCA gives in one shot). Measured in the issue-4 note.
+  patches, so training starts from the best *linear* patch autoencoder (`init_pca_psnr` in
+  metrics/vqvae.json), and the codebook by k-means of the encoder outputs. On 2 CPU cores, where
+  a run has a few hundred steps, this is what makes the PSNR target reachable: from random
+  initialisation the hierarchical model reached about 20 dB in 500 steps (README, issue-4 note).
 * `hierarchical`: the VideoGPT / Open-Sora-Plan layout described below: several resolution levels,
   strided causal convs down and depth-to-space up. More capacity per pixel, but it needs the long
   training of the paper profile.
