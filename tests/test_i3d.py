@@ -3,6 +3,7 @@
 Relative error = max |ours - reference| / max |reference| over a case's logits.
 """
 import io
+import os
 import pickle
 import sys
 from collections import OrderedDict
@@ -76,6 +77,15 @@ def test_cache_named_by_source_hash_and_reused(model):
         assert f.get_tensor("batch_stats/Conv3d_1a_7x7/BatchNorm_0/var").shape == (64,)
     mtime = path.stat().st_mtime_ns
     assert i3d.cached_weights()[0] == path and path.stat().st_mtime_ns == mtime
+
+
+def test_cache_rebuild_is_atomic_and_world_readable(tmp_path, monkeypatch):
+    monkeypatch.setenv("OSPLAB_CACHE", str(tmp_path))
+    path, _ = i3d.cached_weights()
+    assert path.parent == tmp_path / "i3d" and [p.name for p in path.parent.iterdir()] == [path.name]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600: the cache is shared
 
 
 def test_module_is_frozen_eval(model):

@@ -18,7 +18,6 @@ import importlib.util
 import math
 import os
 import pickle
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from osplab.io import sha256_file
+from osplab.io import atomic_path, sha256_file
 
 BN_EPS = 1e-3
 NUM_CLASSES = 400
@@ -248,16 +247,8 @@ def cached_weights(checkpoint: Path | None = None) -> tuple[Path, str]:
     if dst.is_file() and _cache_metadata(dst) == {"format": CACHE_FORMAT, "source_sha256": sha}:
         return dst, sha  # otherwise (older format, foreign file) rebuild it below
     arrays = {k: (v.reshape(-1) if k.startswith("batch_stats/") else v) for k, v in read_checkpoint(src).items()}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(arrays, tmp, metadata={"format": CACHE_FORMAT, "source": CKPT_NAME, "source_sha256": sha})
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shared like any downloaded weights
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(dst) as tmp:  # ordinary permissions: the cache is shared like downloaded weights
+        save_file(arrays, str(tmp), metadata={"format": CACHE_FORMAT, "source": CKPT_NAME, "source_sha256": sha})
     return dst, sha
 
 
