@@ -262,6 +262,8 @@ def test_init_from_data_starts_the_patch_model_as_the_pca_autoencoder():
     assert stats["pca_psnr"] == pytest.approx(10 * math.log10(4 / mse), rel=1e-4)
     assert stats["kmeans_vectors"] == 6 * 2 * 2 * 2 + 4 * 2 * 1 * 2
     assert 0 < stats["kmeans_usage"] <= 1
+    with pytest.raises(ValueError, match=r"8 components \(embed_dim\) through 4 stem channels"):
+        VQVAE(patch_cfg(base_channels=4, norm_groups=2, attn_heads=2)).init_from_data(clips, 1, 0)
     again = VQVAE(patch_cfg(embed_dim=8, codebook_size=32))  # deterministic: same clips and seed, same init
     again.init_from_data(clips, kmeans_iters=5, seed=0)
     for name, value in again.state_dict().items():

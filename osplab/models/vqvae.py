@@ -319,6 +319,11 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
+def _latent_blocks(c: int, cfg: VQVAEConfig) -> nn.Sequential:
+    """Patch architecture's blocks at latent resolution: the `_mid` stack, then num_res_blocks ResBlocks."""
+    return nn.Sequential(_mid(c, cfg), *[ResBlock(c, cfg.norm_groups) for _ in range(cfg.num_res_blocks[0])])
+
+
 class PatchEncoder(nn.Module):
     """(B, 3, T, H, W) -> (B, embed_dim, T/ft, H/fh, W/fw): patch stem, then blocks at latent resolution.
 
@@ -331,7 +336,7 @@ class PatchEncoder(nn.Module):
         super().__init__()
         c = cfg.level_channels()[0]
         self.stem = nn.Conv3d(3, c, kernel_size=cfg.downsample, stride=cfg.downsample)
-        self.blocks = nn.Sequential(_mid(c, cfg), *[ResBlock(c, cfg.norm_groups) for _ in range(cfg.num_res_blocks[0])])
+        self.blocks = _latent_blocks(c, cfg)
         self.out = nn.Conv3d(c, cfg.embed_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -346,7 +351,7 @@ class PatchDecoder(nn.Module):
         super().__init__()
         c, self.factors = cfg.level_channels()[0], cfg.downsample
         self.inp = nn.Conv3d(cfg.embed_dim, c, 1)
-        self.blocks = nn.Sequential(_mid(c, cfg), *[ResBlock(c, cfg.norm_groups) for _ in range(cfg.num_res_blocks[0])])
+        self.blocks = _latent_blocks(c, cfg)
         self.unpatch = nn.Conv3d(c, 3 * math.prod(self.factors), 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -396,6 +401,10 @@ class VQVAE(nn.Module):
             enc, dec, f = self.encoder, self.decoder, self.cfg.downsample
             rows = torch.cat([patch_rows(x.double(), f) for x in clips])
             width, dim = enc.stem.out_channels, self.cfg.embed_dim
+            if width < dim:
+                raise ValueError(f"init_from_data: the PCA initialisation passes {dim} components (embed_dim) "
+                                 f"through {width} stem channels (base_channels * channel_mult[0]); use a width "
+                                 f">= embed_dim")
             if len(rows) < width:
                 raise ValueError(f"init_from_data: {len(rows)} patches, but the stem's {width} principal components "
                                  f"need at least as many; pass more clips")
@@ -403,7 +412,8 @@ class VQVAE(nn.Module):
             centred = rows - mean
             # eigenvectors of the (P, P) scatter matrix: ~10x cheaper than an SVD of the tall (N, P) rows
             evals, evecs = torch.linalg.eigh(centred.t() @ centred)
-            vh = evecs[:, evals.argsort(descending=True)].t()                  # rows: components, largest first
+            order = evals.argsort(descending=True)
+            evals, vh = evals[order], evecs[:, order].t()                      # rows of vh: components, largest first
             comp = vh[:width].float()                                            # (width, 3 ft fh fw)
             enc.stem.weight.copy_(comp.view_as(enc.stem.weight))
             enc.stem.bias.copy_(-(comp @ mean.float()))
@@ -415,7 +425,7 @@ class VQVAE(nn.Module):
             dec.unpatch.weight.copy_(comp.t()[:, :, None, None, None])
             dec.unpatch.bias.copy_(mean.float())
             # the PCA reconstruction's squared error is the variance left in the discarded components
-            mse = evals.sort(descending=True).values[dim:].clamp_min(0).sum().item() / rows.numel()
+            mse = evals[dim:].clamp_min(0).sum().item() / rows.numel()
             stats["pca_psnr"] = 10.0 * math.log10(4.0 / max(mse, 1e-20))
         latents = torch.cat([rearrange(self.encoder(chunk), "n d t h w -> (n t h w) d")
                              for x in clips for chunk in x.split(16)])  # chunks bound the activation memory
