@@ -1,18 +1,21 @@
 """Exact resume: kill -9 a toy run after a checkpoint, rerun the same command, and the final
-weights, EMA and optimizer state are bitwise equal to an uninterrupted run of the same length."""
+weights, EMA and optimizer state are bitwise equal to an uninterrupted run of the same length.
+Also when the kill damaged the files dvclive writes in place (its summary and params)."""
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
-from osplab.train.checkpoint import latest_checkpoint
+from osplab.train.checkpoint import latest_checkpoint, list_checkpoints
 from osplab.train.testing import read_checkpoint, read_curve, run_env, run_toy, toy_command
 
 STEPS = 60
@@ -63,6 +66,11 @@ def test_kill9_and_resume_is_bitwise_exact(tmp_path: Path) -> None:
     proc = run_toy(ARGS + [f"train.out_dir={resumed}", "train.num_workers=2"], cwd=tmp_path)
     assert f"resumed from {resumed / 'checkpoints'}" in proc.stderr
 
+    _assert_same_final_state(full, resumed)
+
+
+def _assert_same_final_state(full: Path, resumed: Path) -> None:
+    """Final checkpoints byte-identical, same RNG/schedule/data state, same logged curve."""
     a, b = latest_checkpoint(full / "checkpoints"), latest_checkpoint(resumed / "checkpoints")
     assert a.name == b.name == f"step_{STEPS:08d}"
     ta, tb = read_checkpoint(a), read_checkpoint(b)
@@ -80,3 +88,48 @@ def test_kill9_and_resume_is_bitwise_exact(tmp_path: Path) -> None:
     assert sorted(read_curve(full)) == list(range(5, STEPS + 1, 5))
     # The EMA really differs from the weights (so comparing it is not vacuous).
     assert not torch.equal(ta["ema"]["out.weight"], ta["model"]["out.weight"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("reference")
+    run_toy(ARGS + [f"train.out_dir={root / 'run'}", "train.num_workers=0"], cwd=root)
+    return root / "run"
+
+
+def _half(text: str) -> str:
+    return text[: len(text) // 2]
+
+
+# What a kill while dvclive rewrites a file in place leaves behind.
+DAMAGE = {
+    "empty summary": ("metrics.json", lambda text: ""),
+    "half summary": ("metrics.json", _half),
+    "half params": ("params.yaml", _half),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_resume_survives_damaged_log_files(tmp_path: Path, uninterrupted: Path, damage: str) -> None:
+    """Deterministic replay of a kill while logging: the run got to step 60 on disk, but only
+    checkpoint 30 survived (newer ones are removed), and a dvclive file is half-written."""
+    run = tmp_path / "run"
+    run_toy(ARGS + [f"train.out_dir={run}", "train.num_workers=0", "train.keep_checkpoints=10"],
+            cwd=tmp_path)
+    for ckpt in list_checkpoints(run / "checkpoints"):
+        if int(ckpt.name.split("_")[1]) > 30:
+            shutil.rmtree(ckpt)
+    (run / "checkpoints" / "latest").write_text("step_00000030\n")
+    name, damaged = DAMAGE[damage]
+    target = run / "live" / name
+    target.write_text(damaged(target.read_text()))
+
+    proc = run_toy(ARGS + [f"train.out_dir={run}", "train.num_workers=0"], cwd=tmp_path)
+    assert f"resumed from {run / 'checkpoints' / 'step_00000030'}" in proc.stderr
+    assert f"{target} was damaged" in proc.stderr
+    _assert_same_final_state(uninterrupted, run)
+    # The summary is whole again and says what the uninterrupted run's says (timings aside).
+    sa = json.loads((uninterrupted / "live" / "metrics.json").read_text())
+    sb = json.loads((run / "live" / "metrics.json").read_text())
+    assert sa["step"] == sb["step"] == STEPS
+    assert sa["train"] == sb["train"]

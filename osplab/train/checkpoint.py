@@ -188,8 +188,10 @@ class Checkpointer:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def _prune(self) -> None:
+        # Rename before deleting: a kill during rmtree then leaves a hidden .tmp-* folder (swept
+        # by the next save), never a half `step_*` directory that looks complete.
         for old in list_checkpoints(self.root)[:-self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            os.replace(old, self.root / f".tmp-prune-{old.name}-{os.getpid()}")
         self._sweep()
 
     def load(self, path: Path, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,

@@ -2,7 +2,8 @@
 
 On other ranks every method is a no-op, so the loop calls them unconditionally.
 dvclive is told not to touch dvc.yaml nor create DVC experiments: the project's dvc.yaml declares
-the plots (`<out_dir>/live/plots/metrics`, x = step).
+the plots (`<out_dir>/live/plots/metrics`, x = step). The run directory is kept crash-consistent by
+`osplab.train.live` (atomic summary and params, repaired on resume).
 """
 
 from __future__ import annotations
@@ -11,26 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
-
-from osplab.io import atomic_write_text
-
-
-def truncate_after(live_dir: Path, step: int) -> None:
-    """Drop metric rows with step > `step` (logged after the checkpoint a resumed run restarts
-    from), and any half-written last line a kill may have left. Rewrites files atomically."""
-    plots = Path(live_dir) / "plots" / "metrics"
-    if not plots.is_dir():
-        return
-    for tsv in plots.rglob("*.tsv"):
-        lines = tsv.read_text().splitlines()
-        if not lines:
-            continue
-        kept = [lines[0]]
-        for line in lines[1:]:
-            fields = line.split("\t")
-            if len(fields) == 2 and fields[0].isdigit() and int(fields[0]) <= step:
-                kept.append(line)
-        atomic_write_text(tsv, "\n".join(kept) + "\n")
 
 
 class Monitor:
@@ -43,13 +24,13 @@ class Monitor:
         self.bar = None
         if not enabled:
             return
-        from dvclive import Live
+        from .live import AtomicLive, repair_live_dir  # imports dvclive: rank 0 only
 
         resume = start_step > 0
         if resume:
-            truncate_after(live_dir, start_step)
+            repair_live_dir(live_dir, start_step)
         try:
-            self.live = Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=False)
+            self.live = AtomicLive(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=False)
         except Exception as e:  # dvclive 3.49 fails inside a git repository with no commit yet
             if "Empty git repo" in str(e):
                 raise RuntimeError("dvclive cannot start in a git repository without commits: "
