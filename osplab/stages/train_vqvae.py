@@ -5,11 +5,13 @@
 
 Reads params.yaml (`vqvae`, `train_vqvae`, `eval.ssim`, `data.root`). Before training, the model is
 initialised from a seeded subset of training crops (`vqvae.init_clips`: PCA stem for arch=patch,
-k-means codebook; its numbers are saved as init_* metrics). Writes the weights to
+k-means codebook; its numbers are saved as init_* metrics and in `<out_dir>/init.json`). Writes the weights to
 `vqvae.checkpoint` (safetensors, with the model config in its metadata), metrics/vqvae.json
 (val_psnr, val_ssim, codebook_usage, perplexity, stage_seconds, frames_per_s, ...) and
-reports/vqvae_recon.png. Re-running the command resumes from the newest checkpoint in
-`train_vqvae.out_dir`.
+reports/vqvae_recon.png. Re-running the command (or `dvc repro`: the run folder is a persisted
+output) resumes from the newest checkpoint in `train_vqvae.out_dir` if that folder is a run of the
+same settings, data and code (`osplab.train.provenance`), skipping the data initialisation;
+otherwise the stale checkpoints are cleared and training starts afresh.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -24,6 +27,9 @@ from omegaconf import OmegaConf
 from osplab.config import load_params
 from osplab.data.clips import ClipDataset
 from osplab.io import atomic_write_json
+from osplab.train.checkpoint import latest_checkpoint
+from osplab.train.distributed import barrier
+from osplab.train.provenance import claim_run_dir, fingerprint, package_sources
 from osplab.models.vqvae import VQVAE, VQVAEConfig
 from osplab.tasks.vqvae import build_task, evaluate, init_batches, reconstruct
 from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
@@ -55,7 +61,15 @@ def export_and_evaluate(model: VQVAE, cfg, train_cfg: TrainConfig, args, started
 
 
 def initialise(model: VQVAE, crops, cfg, train_cfg: TrainConfig) -> dict:
-    """Data-dependent initialisation (PCA stem, k-means codebook; see VQVAE.init_from_data), timed."""
+    """Data-dependent initialisation (PCA stem, k-means codebook; see VQVAE.init_from_data), timed.
+
+    A resumed run skips it (the checkpoint holds the initialised, trained weights) and reads the
+    statistics the first attempt saved in `<out_dir>/init.json`.
+    """
+    saved = Path(train_cfg.out_dir) / "init.json"
+    if latest_checkpoint(train_cfg.checkpoint_dir) is not None and saved.is_file():
+        print(f"VQVAE data init: skipped (resuming; statistics from {saved})", flush=True)
+        return json.loads(saved.read_text())
     start = time.perf_counter()
     if train_cfg.num_threads:
         torch.set_num_threads(train_cfg.num_threads)
@@ -63,7 +77,19 @@ def initialise(model: VQVAE, crops, cfg, train_cfg: TrainConfig) -> dict:
                                  cfg.seed)
     stats["seconds"] = time.perf_counter() - start
     print("VQVAE data init: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items()), flush=True)
+    if init_distributed().is_main:
+        atomic_write_json(saved, stats)
     return stats
+
+
+def claim_run(cfg, train_cfg: TrainConfig) -> None:
+    """Keep `out_dir` only if it is a run of these settings, this data and this code (rank 0)."""
+    if init_distributed().is_main:
+        settings = {key: plain(cfg[key]) for key in ("vqvae", "train_vqvae", "eval")}
+        settings.update(seed=cfg.seed, data_root=cfg.data.root)
+        manifest = Path(cfg.data.root) / "manifest.json"
+        claim_run_dir(train_cfg.out_dir, fingerprint(settings, [manifest, *package_sources()]))
+    barrier()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -76,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_params(args.params)
     env = init_distributed()
     train_cfg = TrainConfig.from_dict(plain(cfg.train_vqvae))
+    claim_run(cfg, train_cfg)
     seed_everything(train_cfg.seed)  # the same initial weights on every rank
     model = VQVAE(VQVAEConfig.from_dict(plain(cfg.vqvae.model)))
     task = build_task(model, cfg.data.root, cfg.vqvae.train_frames, cfg.seed)
