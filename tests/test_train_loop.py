@@ -203,3 +203,29 @@ def test_resume_refuses_changed_settings(tmp_path: Path, monkeypatch) -> None:
         _train(tmp_path, "run", monkeypatch, steps=4, lr=2e-3)
     out, _ = _train(tmp_path, "run", monkeypatch, steps=4, log_every=2)  # allowed: extend, cadence
     assert out["step"] == 4
+
+
+def test_task_evaluate_is_logged_at_checkpoints_and_changes_nothing(tmp_path: Path, monkeypatch) -> None:
+    """The evaluation hook runs in eval mode without gradients at checkpoint steps, lands on those
+    rows, and leaves the training run bitwise as it would be without it."""
+    toy = tiny_toy()  # dropout on: eval mode must be restored to train mode afterwards
+    _, plain = _train(tmp_path, "plain", monkeypatch, toy, steps=6, log_every=1, checkpoint_every=3)
+    seen = []
+
+    def evaluate(model):
+        seen.append((model.training, torch.is_grad_enabled()))
+        x = torch.linspace(-1, 1, 8 * toy.dim_in).view(8, toy.dim_in)
+        return {"val/out_mean": model(x).mean()}
+
+    monkeypatch.chdir(tmp_path)
+    seed_everything(0)
+    task = build_toy_task(toy)
+    task.evaluate = evaluate
+    out = train(tiny_train(tmp_path / "eval", steps=6, log_every=1, checkpoint_every=3), task)
+    assert seen == [(False, False), (False, False)]  # steps 3 and 6, eval mode, no grad
+    assert sorted(read_curve(tmp_path / "eval", "val/out_mean")) == [3, 6]
+    assert "val/out_mean" in out
+    assert read_curve(plain) == read_curve(tmp_path / "eval")
+    wa = read_checkpoint(latest_checkpoint(plain / "checkpoints"))["model"]
+    wb = read_checkpoint(latest_checkpoint(tmp_path / "eval" / "checkpoints"))["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

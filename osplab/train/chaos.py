@@ -89,10 +89,14 @@ def chaos_loop(cmd: list[str], cwd: Path, env: dict, kills: int, delays: tuple[f
 
 def chaos_toy(kills: int, seed: int, work: Path) -> dict:
     env, ref, run = run_env(), work / "reference", work / "killed"
+    start = time.perf_counter()
     subprocess.run(toy_command(TOY_ARGS + [f"train.out_dir={ref}"]), cwd=work, env=env, check=True,
                    capture_output=True)
-    return chaos_loop(toy_command(TOY_ARGS + [f"train.out_dir={run}"]), work, env, kills, (0.3, 4.0), seed, run,
-                      compare=lambda: compare_toy(ref, run), reset=lambda: shutil.rmtree(run))
+    # Kill instants spread over a whole run as long as this machine takes now (start-up included),
+    # so kills land in every phase, not mostly in `import torch`.
+    duration = time.perf_counter() - start
+    return chaos_loop(toy_command(TOY_ARGS + [f"train.out_dir={run}"]), work, env, kills, (0.1, duration), seed,
+                      run, compare=lambda: compare_toy(ref, run), reset=lambda: shutil.rmtree(run))
 
 
 def compare_toy(ref: Path, run: Path) -> None:

@@ -266,6 +266,19 @@ def _log_row(run: _Run, window: _Window, nonfinite: dict[str, int]) -> dict[str,
     return row
 
 
+def _evaluate(run: _Run) -> dict[str, float]:
+    """The task's evaluation (e.g. a validation loss), in eval mode without gradients; {} if none."""
+    if run.task.evaluate is None:
+        return {}
+    model = run.model
+    model.eval()
+    try:
+        with torch.no_grad(), run.autocast():
+            return {k: float(v) for k, v in run.task.evaluate(model).items()}
+    finally:
+        model.train()
+
+
 def _run_steps(run: _Run, batches: Iterator[Any], state: dict[str, Any],
                monitor: Monitor) -> dict[str, float]:
     """Optimizer steps from state['step'] to cfg.steps, with logging and checkpoints."""
@@ -285,11 +298,13 @@ def _run_steps(run: _Run, batches: Iterator[Any], state: dict[str, Any],
                   **{f"train/{k}": float(v) for k, v in metrics.items()}} if ok else None
         window.add(values, time.perf_counter() - t0)
         monitor.advance()
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            row = _log_row(run, window, nonfinite)
+        checkpoint = done % cfg.checkpoint_every == 0 or done == cfg.steps
+        evaluated = _evaluate(run) if checkpoint else {}
+        if done % cfg.log_every == 0 or done == cfg.steps or evaluated:
+            row = {**_log_row(run, window, nonfinite), **evaluated}
             monitor.log(done, row)
             window = _Window()
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if checkpoint:
             extra = {"data": {"global_batch": done}, "nonfinite": nonfinite,
                      "config": cfg.to_dict(), "metrics": row}
             run.ckpt.save(done, run.model, run.ema, run.optimizer, run.scheduler, extra)

@@ -21,6 +21,10 @@ Contract:
   BatchSampler` (see osplab.train.sampler) for e.g. shape buckets; default: ShardedBatchSampler.
 - `shard_units`, optional: `model -> iterable of submodules` that FSDP shards one by one
   (e.g. the transformer blocks); default: only the root module.
+- `evaluate`, optional: `model -> {name: float}`, run by every rank at every checkpoint step (and
+  the last) in eval mode under `torch.no_grad()`, its values logged on that step's row (e.g. a
+  validation loss on fixed data). It must not draw from the global RNGs (use its own seeded
+  generator), so that evaluating does not change the training run it watches.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class Task:
     flops_per_sample: float  # training FLOPs (forward + backward) per sample, for GFLOP/s
     batch_sampler: Callable[[int, int, int, int, int], BatchSampler] | None = None
     shard_units: Callable[[nn.Module], Iterable[nn.Module]] | None = None
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
