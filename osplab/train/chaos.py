@@ -36,7 +36,7 @@ TOY_ARGS = ["train.steps=240", "train.global_batch=16", "train.micro_batch=4", "
             "train.keep_checkpoints=2", "train.log_every=1", "train.lr=1e-3", "train.lr_schedule=cosine",
             "train.warmup_steps=5", "train.ema_decay=0.9", "train.precision=fp32", "train.num_threads=1",
             "train.num_workers=0", "train.seed=5", "toy.n_samples=200", "toy.hidden=64", "toy.depth=3"]
-STAGE_PARAMS = ["profile=smoke", "train_vqvae.steps=60", "train_vqvae.checkpoint_every=3",
+STAGE_PARAMS = ["profile=smoke", "train_vqvae.out_dir=runs/vqvae", "train_vqvae.steps=60", "train_vqvae.checkpoint_every=3",
                 "train_vqvae.log_every=1"]
 
 
