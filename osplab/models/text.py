@@ -129,3 +129,12 @@ class TextEncoder:
         with torch.no_grad():
             hidden = self.model(**inputs).last_hidden_state  # (B, L, D)
         return hidden.float(), batch["attention_mask"].bool()  # (B, L, D), (B, L)
+
+
+def encoder_from_conf(text_cfg, device: str | torch.device) -> TextEncoder:
+    """Build the encoder of conf/text (name, max_length) and check that `dim` matches its hidden size."""
+    enc = TextEncoder(text_cfg["name"], int(text_cfg["max_length"]), device)
+    if enc.dim != int(text_cfg["dim"]):
+        raise ValueError(f"text.dim={text_cfg['dim']} but encoder {text_cfg['name']!r} has hidden size {enc.dim}: "
+                         f"set text.dim={enc.dim} (the DiT's text_dim follows it)")
+    return enc
