@@ -1,0 +1,150 @@
+"""Rectified flow (Liu et al. 2022; the SD3 recipe of Esser et al. 2024): training loss and ODE samplers.
+
+Conventions (the stage-2 contract):
+
+    x_t = (1 - t) * x0 + t * noise          t = 0 is data, t = 1 is Gaussian noise
+    v   = noise - x0                         the model regresses this constant velocity
+
+so the path from a data point to its noise is a straight line, and sampling integrates
+dx/dt = v(x, t) from t = 1 down to t = 0. The samplers never see text: they take `fn(x, t)`
+with t of shape (B,) (wrap a text-conditioned backbone with `osplab.diffusion.guidance.cfg`).
+Tensors x can have any shape (B, ...), e.g. latent videos (B, C, T, H, W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TIMESTEP_KINDS = ("uniform", "logit_normal")
+SAMPLERS = ("euler", "heun")
+
+
+def _per_sample(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1), broadcastable against x of shape (B, ...)."""
+    return t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The straight path: x0, noise (B, ...), t (B,) in [0, 1] -> x_t = (1 - t) x0 + t noise."""
+    t = _per_sample(t, x0).to(x0.dtype)
+    return (1 - t) * x0 + t * noise
+
+
+@dataclass(frozen=True)
+class TimestepSampler:
+    """Training-time distribution of t.
+
+    `uniform`: t ~ U(0, 1). `logit_normal`: t = sigmoid(mean + std * n), n ~ N(0, 1), which SD3
+    found best (mean 0, std 1): it spends more steps at intermediate t, where the velocity is
+    hardest to predict, and few at the ends, where it is nearly determined by x_t.
+    """
+
+    kind: str = "uniform"
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in TIMESTEP_KINDS:
+            raise ValueError(f"timestep kind {self.kind!r} is unknown; use one of {TIMESTEP_KINDS}")
+        if not self.std > 0:
+            raise ValueError(f"logit_normal std must be > 0, got {self.std}")
+
+    def __call__(self, n: int, generator: torch.Generator, device=None) -> torch.Tensor:
+        """n times in [0, 1] as a float32 tensor (n,), drawn from `generator` only."""
+        if self.kind == "uniform":
+            return torch.rand(n, generator=generator, device=device)
+        z = torch.randn(n, generator=generator, device=device)
+        return torch.sigmoid(self.mean + self.std * z)
+
+
+def loss(
+    fn: VelocityFn,
+    x0: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    timesteps: TimestepSampler = TimestepSampler(),
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rectified-flow training loss: MSE between fn(x_t, t) and v = noise - x0, mean over all elements.
+
+    x0: (B, ...) data; t: (B,) or None (drawn by `timesteps` from `generator`); noise: like x0 or
+    None (drawn from `generator`). Passing both t and noise makes the loss deterministic (the
+    validation loss on a fixed t-grid). weights: optional (B,) per-sample factors; the result is
+    then mean_b(weights_b * mse_b), which equals the plain mean for weights of ones.
+    """
+    batch = x0.shape[0]
+    if (t is None or noise is None) and generator is None:
+        raise ValueError("rectified_flow.loss draws t and/or noise: pass a torch.Generator (or both t and noise)")
+    if t is None:
+        t = timesteps(batch, generator, device=x0.device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if t.shape != (batch,) or noise.shape != x0.shape:
+        raise ValueError(f"t must be ({batch},) and noise {tuple(x0.shape)}; got {tuple(t.shape)}, {tuple(noise.shape)}")
+    pred = fn(interpolate(x0, noise, t), t)
+    per_sample = (pred - (noise - x0)).square().flatten(1).mean(1)  # (B,)
+    if weights is None:
+        return per_sample.mean()
+    if weights.shape != (batch,):
+        raise ValueError(f"weights must have shape ({batch},), got {tuple(weights.shape)}")
+    return (weights.to(per_sample.dtype) * per_sample).mean()
+
+
+def time_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
+    """steps + 1 times from 1 down to 0 (float64), equally spaced, then SD3's resolution shift.
+
+    shift s maps t -> s t / (1 + (s - 1) t): s > 1 keeps more of the steps at high noise (what
+    SD3 uses for large images / long videos, whose signal survives more noise); s = 1 is the identity.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not shift > 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+@torch.no_grad()
+def sample(
+    fn: VelocityFn,
+    noise: torch.Tensor,
+    steps: int,
+    sampler: str = "euler",
+    *,
+    shift: float = 1.0,
+    progress: bool = False,
+    return_trajectory: bool = False,
+):
+    """Integrate dx/dt = fn(x, t) from t = 1 (x = noise, shape (B, ...)) to t = 0 with `steps` steps.
+
+    `euler`: one model call per step. `heun`: Euler predictor plus a trapezoidal corrector, two
+    calls per step, second-order accurate. Unlike EDM's Heun, the corrector also runs on the last
+    step: the velocity is defined at t = 0 (it is a velocity, not a denoiser divided by sigma).
+    Returns x0 (B, ...), or (x0, trajectory) with trajectory (steps + 1, B, ...) from noise to x0.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is unknown; use one of {SAMPLERS}")
+    from tqdm.auto import tqdm
+
+    grid = time_grid(steps, shift).tolist()
+    batch = noise.shape[0]
+    x = noise
+    trajectory = [x]
+    for i in tqdm(range(steps), desc=f"rf {sampler}", disable=not progress):
+        t_cur = torch.full((batch,), grid[i], dtype=noise.dtype, device=noise.device)
+        dt = grid[i + 1] - grid[i]  # negative: time runs from noise to data
+        v = fn(x, t_cur)
+        x_next = x + dt * v
+        if sampler == "heun":
+            t_next = torch.full_like(t_cur, grid[i + 1])
+            x_next = x + dt * 0.5 * (v + fn(x_next, t_next))
+        x = x_next
+        if return_trajectory:
+            trajectory.append(x)
+    return (x, torch.stack(trajectory)) if return_trajectory else x

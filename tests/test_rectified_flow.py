@@ -1,0 +1,166 @@
+"""Rectified flow on a distribution with a closed-form answer, plus diffusers' flow-matching Euler scheduler.
+
+Data x0 ~ N(mu, diag(s^2)), noise n ~ N(0, I), x_t = (1 - t) x0 + t n. Per dimension, x_t is Gaussian with
+mean (1 - t) mu and variance var(t) = (1 - t)^2 s^2 + t^2, and the exact (marginal) velocity is
+
+    E[n - x0 | x_t] = -mu + (t - (1 - t) s^2) / var(t) * (x_t - (1 - t) mu),
+
+whose residual variance, the minimum of the RF loss at time t, is s^2 / var(t); averaged over t ~ U(0, 1)
+it is pi * s / 2. Its ODE is solved by x_t = (1 - t) mu + sqrt(var(t)) n, so integrating from noise n at
+t = 1 down to t = 0 must give exactly mu + s * n.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from osplab.diffusion import rectified_flow as rf
+
+MU = torch.tensor([1.5, -2.0, 0.0, 0.5], dtype=torch.float64)
+S = torch.tensor([0.5, 1.0, 2.0, 0.3], dtype=torch.float64)
+
+
+def exact_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The marginal velocity field of the straight-path flow for N(MU, S^2). x: (B, 4), t: (B,)."""
+    t = t[:, None].to(x.dtype)
+    mu, s2 = MU.to(x.dtype), S.square().to(x.dtype)
+    var = (1 - t) ** 2 * s2 + t**2
+    return -mu + (t - (1 - t) * s2) / var * (x - (1 - t) * mu)
+
+
+def data(n: int, generator: torch.Generator) -> torch.Tensor:
+    return MU + S * torch.randn(n, 4, generator=generator, dtype=torch.float64)
+
+
+def test_interpolate_endpoints_and_velocity_target():
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 2, 4, 5, 5, generator=g), torch.randn(3, 2, 4, 5, 5, generator=g)
+    t = torch.tensor([0.0, 1.0, 0.25])
+    xt = rf.interpolate(x0, noise, t)
+    assert torch.equal(xt[0], x0[0]) and torch.equal(xt[1], noise[1])
+    torch.testing.assert_close(xt[2], 0.75 * x0[2] + 0.25 * noise[2])
+    # A model that returns exactly noise - x0 (it can, given both) has zero loss: the target is v = noise - x0.
+    oracle = lambda x, tt: noise - x0  # noqa: E731
+    assert rf.loss(oracle, x0, t=t, noise=noise).item() < 1e-12
+
+
+def test_loss_at_exact_field_equals_analytic_minimum_on_a_fixed_t_grid():
+    g = torch.Generator().manual_seed(1)
+    n = 200_000
+    t = torch.linspace(0, 1, 11, dtype=torch.float64).repeat_interleave(n // 11 + 1)[:n]
+    x0, noise = data(n, g), torch.randn(n, 4, generator=g, dtype=torch.float64)
+    got = rf.loss(exact_velocity, x0, t=t, noise=noise).item()
+    tt = t[:, None]
+    expected = (S.square() / ((1 - tt) ** 2 * S.square() + tt**2)).mean().item()
+    assert got == pytest.approx(expected, rel=0.01)
+    # Any other field is worse, by the mean square of the difference (the cross term has zero mean).
+    shifted = rf.loss(lambda x, tt: exact_velocity(x, tt) + 0.3, x0, t=t, noise=noise).item()
+    assert shifted - got == pytest.approx(0.09, rel=0.05)
+
+
+def test_loss_with_uniform_t_from_generator_equals_pi_s_over_2():
+    g = torch.Generator().manual_seed(2)
+    n = 200_000
+    got = rf.loss(exact_velocity, data(n, g), g, timesteps=rf.TimestepSampler("uniform")).item()
+    assert got == pytest.approx((math.pi * S / 2).mean().item(), rel=0.01)
+
+
+def test_loss_weights():
+    g = torch.Generator().manual_seed(3)
+    x0, noise, t = torch.randn(6, 3, 2, generator=g), torch.randn(6, 3, 2, generator=g), torch.rand(6, generator=g)
+    model = lambda x, tt: 0.5 * x  # noqa: E731
+    plain = rf.loss(model, x0, t=t, noise=noise)
+    torch.testing.assert_close(rf.loss(model, x0, t=t, noise=noise, weights=torch.ones(6)), plain)
+    # Weights (2, 0, 0, 0, 0, 0) keep only sample 0: mean_b(w_b * mse_b) = 2 * mse_0 / 6.
+    w = torch.tensor([2.0, 0, 0, 0, 0, 0])
+    mse0 = rf.loss(model, x0[:1], t=t[:1], noise=noise[:1])
+    torch.testing.assert_close(rf.loss(model, x0, t=t, noise=noise, weights=w), 2 * mse0 / 6)
+    with pytest.raises(ValueError, match=r"weights must have shape \(6,\)"):
+        rf.loss(model, x0, t=t, noise=noise, weights=torch.ones(5))
+
+
+def test_timestep_samplers_distribution_and_seeding():
+    uni = rf.TimestepSampler("uniform")(100_000, torch.Generator().manual_seed(4))
+    assert uni.min() >= 0 and uni.max() <= 1
+    assert uni.mean().item() == pytest.approx(0.5, abs=0.005)
+    assert uni.var().item() == pytest.approx(1 / 12, rel=0.02)
+    ln = rf.TimestepSampler("logit_normal", mean=0.5, std=0.8)(100_000, torch.Generator().manual_seed(4))
+    logit = torch.log(ln / (1 - ln))
+    assert logit.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert logit.std().item() == pytest.approx(0.8, rel=0.01)
+    a = rf.TimestepSampler("logit_normal")(8, torch.Generator().manual_seed(5))
+    b = rf.TimestepSampler("logit_normal")(8, torch.Generator().manual_seed(5))
+    c = rf.TimestepSampler("logit_normal")(8, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _sample_error(steps: int, sampler: str) -> tuple[float, torch.Tensor, torch.Tensor]:
+    noise = torch.randn(4096, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    x = rf.sample(exact_velocity, noise, steps, sampler)
+    return (x - (MU + S * noise)).abs().max().item(), x, noise
+
+
+def test_euler_maps_noise_to_the_data_distribution():
+    err, x, _ = _sample_error(400, "euler")
+    assert err < 0.04  # first order: the max error over 4096 samples is ~12 / steps
+    torch.testing.assert_close(x.mean(0), MU, atol=0.06, rtol=0)
+    torch.testing.assert_close(x.std(0), S, rtol=0.04, atol=0)
+
+
+def test_heun_more_accurate_than_euler_and_convergence_orders():
+    e10, e20 = _sample_error(10, "euler")[0], _sample_error(20, "euler")[0]
+    h10, h20 = _sample_error(10, "heun")[0], _sample_error(20, "heun")[0]
+    assert h10 < e10 / 5
+    assert 1.7 < e10 / e20 < 2.3  # first order
+    assert 3.4 < h10 / h20 < 4.6  # second order
+
+
+def test_trajectory_and_shift():
+    noise = torch.randn(5, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    x, traj = rf.sample(exact_velocity, noise, 6, "heun", shift=3.0, return_trajectory=True, progress=True)
+    assert traj.shape == (7, 5, 4)
+    assert torch.equal(traj[0], noise) and torch.equal(traj[-1], x)
+    grid = rf.time_grid(4, shift=3.0)
+    assert grid[0] == 1 and grid[-1] == 0 and bool((grid.diff() < 0).all())
+    t = torch.linspace(1, 0, 5, dtype=torch.float64)
+    torch.testing.assert_close(grid, 3 * t / (1 + 2 * t))
+    assert torch.equal(rf.time_grid(4), t)
+
+
+def test_flow_match_euler_matches_diffusers():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    steps, shift = 12, 3.0
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    # Our grid without shift, handed to diffusers, which applies the same shift and appends sigma = 0.
+    sched.set_timesteps(sigmas=rf.time_grid(steps)[:-1].tolist())
+    torch.testing.assert_close(sched.sigmas, rf.time_grid(steps, shift).float(), rtol=0, atol=1e-7)
+
+    noise = torch.randn(3, 4, generator=torch.Generator().manual_seed(9))
+    x_ref = noise.clone()
+    for i, timestep in enumerate(sched.timesteps):
+        v = exact_velocity(x_ref, sched.sigmas[i].expand(3))
+        x_ref = sched.step(v, timestep, x_ref).prev_sample
+    ours = rf.sample(exact_velocity, noise, steps, "euler", shift=shift)
+    torch.testing.assert_close(ours, x_ref, rtol=0, atol=2e-6)
+
+
+def test_bad_inputs_have_clear_errors():
+    noise = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        rf.sample(exact_velocity, noise, 0)
+    with pytest.raises(ValueError, match="sampler 'rk4' is unknown"):
+        rf.sample(exact_velocity, noise, 2, "rk4")
+    with pytest.raises(ValueError, match="shift must be > 0"):
+        rf.time_grid(3, shift=0.0)
+    with pytest.raises(ValueError, match="timestep kind 'beta' is unknown"):
+        rf.TimestepSampler("beta")
+    with pytest.raises(ValueError, match="std must be > 0"):
+        rf.TimestepSampler("logit_normal", std=0.0)
+    with pytest.raises(ValueError, match="pass a torch.Generator"):
+        rf.loss(exact_velocity, noise)
+    with pytest.raises(ValueError, match=r"t must be \(2,\)"):
+        rf.loss(exact_velocity, noise, t=torch.zeros(3), noise=noise)
