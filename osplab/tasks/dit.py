@@ -1,0 +1,177 @@
+"""How the DiT plugs into the training loop: latents + cached text, an objective, a validation loss.
+
+Data. Item i of a split is the clip's VQVAE latents `codebook[indices]` (C, t, h, w), normalised
+by ONE global mean and scale measured on the train latents (`LatentNorm`; saved with the
+checkpoint), with the caption's cached tokens (L, D) and mask (L,). One global scale keeps the
+latents' spectrum: they are PCA coefficients, and scaling each channel to unit variance would
+inflate the near-noise high components that the loss then spends itself on (shared/FACTS.md).
+Batches come from the bucketing sampler, one latent shape per batch, over every shape of the split.
+
+Objectives (conf/diffusion): `rf` (rectified flow, velocity target) or `ddpm` (the 1000-step
+baseline), both on the same backbone. Their noise and timesteps come from the global torch RNG of
+the batch's device, which the loop checkpoints, so a resumed run draws the same ones.
+
+Validation: the objective's loss on fixed val latents, at fixed times (`diffusion.val.t_grid`)
+with fixed noise, logged at every checkpoint next to the training loss (`val/loss`, `val/loss_tX`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import zip_longest
+
+import torch
+from torch import nn
+
+from osplab.data.clips import BucketBatchSampler
+from osplab.data.latents import LatentDataset
+from osplab.data.text_cache import TextCache
+from osplab.diffusion import rectified_flow
+from osplab.diffusion.ddpm import DDPM
+from osplab.models.dit import DiT
+from osplab.train import Task
+from osplab.train.distributed import unwrap
+
+OBJECTIVES = ("rf", "ddpm")
+
+
+@dataclass(frozen=True)
+class LatentNorm:
+    """x = (z - mean) / scale with scalars measured over every latent value of the train split."""
+
+    mean: float
+    scale: float
+
+    @classmethod
+    def measure(cls, latents: LatentDataset) -> "LatentNorm":
+        """Exact, from code counts: sum z = sum_k n_k c_k and sum z^2 = sum_k n_k |c_k|^2 (float64)."""
+        counts = torch.zeros(len(latents.codebook), dtype=torch.float64)
+        for i in range(len(latents)):
+            counts += torch.bincount(latents[i]["indices"].flatten(), minlength=len(counts)).double()
+        book = latents.codebook.double()                                  # (K, D)
+        n = counts.sum() * book.shape[1]
+        mean = float((counts @ book).sum() / n)
+        var = float((counts @ book.square()).sum() / n) - mean**2
+        return cls(mean, var**0.5)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "scale": self.scale}
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean) / self.scale
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.mean
+
+
+class TextLatents:
+    """A split of the latent store with cached caption embeddings; item i is a pure function of i:
+    {"x": float32 (C, t, h, w) normalised latents, "text": (L, D), "mask": bool (L,)}."""
+
+    def __init__(self, latents_root: str, text_root: str, split: str, norm: LatentNorm | None = None):
+        self.latents = LatentDataset(latents_root, split)
+        self.text = TextCache(text_root, split)
+        self.norm = norm or LatentNorm.measure(self.latents)
+        ids = [r["id"] for r in self.latents.rows]
+        self.tokens, self.mask = self.text.lookup(ids)  # (N, L, D), (N, L): fails if the cache is stale
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, index: int) -> dict:
+        z = self.latents.latents(self.latents[index]["indices"])             # (C, t, h, w)
+        return {"x": self.norm.normalize(z), "text": self.tokens[index], "mask": self.mask[index]}
+
+    def shapes(self) -> list[tuple[int, int, int]]:
+        return self.latents.shapes()
+
+
+def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Items of one latent shape -> {"x": (B, C, t, h, w), "text": (B, L, D), "mask": (B, L)}."""
+    return {k: torch.stack([it[k] for it in items]) for k in ("x", "text", "mask")}
+
+
+def device_generator(device: torch.device) -> torch.Generator:
+    """The global torch RNG of `device` (the one the training loop checkpoints and restores)."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index or 0]
+    return torch.default_generator
+
+
+def make_ddpm(cfg) -> DDPM:
+    d = cfg.ddpm
+    return DDPM(int(d.num_train_timesteps), d.schedule, d.prediction, bool(d.zero_terminal_snr))
+
+
+def objective_loss(objective: str, diffusion_cfg, model: nn.Module, batch: dict, generator: torch.Generator,
+                   t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean loss of `objective` on a batch; t (B,) in [0, 1] and noise fix the draw (validation)."""
+    def fn(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        return model(x, tt, batch["text"], batch["mask"])
+
+    x0 = batch["x"]
+    if objective == "rf":
+        r = diffusion_cfg.rf
+        sampler = rectified_flow.TimestepSampler(r.timesteps, float(r.logit_mean), float(r.logit_std))
+        return rectified_flow.loss(fn, x0, generator, t=t, noise=noise, timesteps=sampler)
+    ddpm = make_ddpm(diffusion_cfg)
+    i = None if t is None else (t * ddpm.num_train_timesteps).round().long().clamp(0, ddpm.num_train_timesteps - 1)
+    return ddpm.loss(fn, x0, generator, i=i, noise=noise)
+
+
+def val_batches(data: TextLatents, clips: int, seed: int) -> list[dict]:
+    """`clips` val clips taken round-robin over the shape buckets (first clips of each), one batch
+    per shape, each with fixed noise: the same batches at every evaluation of a run."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, shape in enumerate(data.shapes()):
+        by_shape.setdefault(tuple(shape), []).append(i)
+    round_robin = [i for group in zip_longest(*(by_shape[s] for s in sorted(by_shape))) for i in group
+                   if i is not None][:clips]
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for shape in sorted(by_shape):
+        members = [i for i in round_robin if tuple(data.shapes()[i]) == shape]
+        if members:
+            batch = collate([data[i] for i in members])
+            batch["noise"] = torch.randn(batch["x"].shape, generator=gen)
+            batches.append(batch)
+    return batches
+
+
+def build_task(model: DiT, objective: str, cfg) -> Task:
+    """The training-loop Task for `objective` ('rf' | 'ddpm') with the settings of params.yaml."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} is unknown; use one of {OBJECTIVES}")
+    train = TextLatents(cfg.vqvae.latents, cfg.text.cache, "train")
+    val = TextLatents(cfg.vqvae.latents, cfg.text.cache, "val", norm=train.norm)
+    shapes = train.shapes()
+    common = max(set(shapes), key=shapes.count)
+    grid = [float(t) for t in cfg.diffusion.val.t_grid]
+    fixed = val_batches(val, int(cfg.diffusion.val.clips), int(cfg.diffusion.val.seed))
+
+    def loss(m: nn.Module, batch: dict):
+        return objective_loss(objective, cfg.diffusion, m, batch, device_generator(batch["x"].device)), {}
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        device = next(unwrap(m).parameters()).device
+        out, total, count = {}, 0.0, 0
+        for t in grid:
+            values = []
+            for b in fixed:
+                b = {k: v.to(device) for k, v in b.items()}
+                n = len(b["x"])
+                tt = torch.full((n,), t, device=device)
+                values.append((float(objective_loss(objective, cfg.diffusion, m, b, None, tt, b["noise"])), n))
+            mean = sum(v * n for v, n in values) / sum(n for _, n in values)
+            out[f"val/loss_t{t:g}"] = mean
+            total, count = total + mean, count + 1
+        out["val/loss"] = total / count
+        return out
+
+    def sampler(rank, world_size, global_batch, micro_batch, seed):
+        return BucketBatchSampler(shapes, rank, world_size, global_batch, micro_batch, seed)
+
+    task = Task(model=model, loss=loss, dataset=train, collate=collate,
+                flops_per_sample=model.flops_per_sample(common, train.tokens.shape[1]), batch_sampler=sampler,
+                shard_units=lambda m: list(m.blocks), evaluate=evaluate)
+    return task
