@@ -48,6 +48,18 @@ def load_params(path: str | os.PathLike = "params.yaml") -> DictConfig:
     return OmegaConf.load(path)
 
 
+def add_config_arguments(parser) -> None:
+    """`--params PATH` (what DVC runs) and optional Hydra OVERRIDES (compose conf/ instead)."""
+    parser.add_argument("--params", default="params.yaml", help="composed settings (default: params.yaml)")
+    parser.add_argument("overrides", nargs="*",
+                        help="Hydra overrides, e.g. profile=smoke: compose conf/ instead of reading --params")
+
+
+def stage_config(args) -> DictConfig:
+    """The settings of a stage run: params.yaml for DVC, a fresh composition when overrides are given."""
+    return compose(args.overrides) if args.overrides else load_params(args.params)
+
+
 def write_params(cfg: DictConfig, path: str | os.PathLike = "params.yaml") -> None:
     """Write a composed config as YAML, atomically, with a header saying where it comes from."""
     from osplab.io import atomic_write_text
