@@ -22,13 +22,15 @@ $(STAMP): pyproject.toml requirements.lock
 params: setup
 	$(BIN)/osplab params
 
-data: setup
-	@# Deterministic: regenerating gives the bytes data.dvc pins, so `dvc status` stays clean.
-	test -f data/raw/manifest.json || $(BIN)/osplab data synth
+# Stages call `python`: the one in .venv (conda users: the one of their environment).
+DVC := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc
 
-repro: data
-	@# Stages call `python`: the one in .venv (conda users: the one of their environment).
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+data: setup
+	@# The `raw` stage alone: renders the embedded dataset (deterministic: the bytes dvc.lock pins).
+	$(DVC) repro raw
+
+repro: setup
+	$(DVC) repro
 
 test: setup
 	$(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider

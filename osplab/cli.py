@@ -6,6 +6,7 @@
     osplab config [OVERRIDES...]                     print the composed config
 
 OVERRIDES are Hydra overrides of conf/, e.g. `profile=smoke` or `data.synthetic.seed=7`.
+A config error (unknown profile or key) prints one line; `--trace` (or OSPLAB_TRACE=1) shows the trace.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from osplab.config import compose, write_params
+from osplab.config import compose, run_with_config_errors, write_params
 
 
 def _synth(args) -> int:
@@ -48,6 +49,11 @@ def _video_folder(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `osplab` command; config errors become one `error: ...` line (exit 2) unless --trace."""
+    return run_with_config_errors(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="osplab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)

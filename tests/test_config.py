@@ -49,3 +49,29 @@ def test_dvc_stage_params_exist_in_conf():
 def test_bad_override_is_a_clear_error():
     with pytest.raises(Exception, match="profile"):
         compose(["profile=nonexistent"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("profile=smok", "Could not find 'profile/smok'; options for 'profile': default, paper, smoke"),
+    ("data.synthetic.nope=2", "Could not override 'data.synthetic.nope'"),
+])
+def test_config_error_is_one_line(capsys, monkeypatch, override, expected):
+    from osplab.cli import main
+
+    monkeypatch.delenv("OSPLAB_TRACE", raising=False)
+    assert main(["config", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err
+    assert err.count("\n") == 1, err  # one line, no trace, no Hydra search path
+
+
+def test_config_error_trace_on_request(monkeypatch):
+    from hydra.errors import MissingConfigException
+
+    from osplab.cli import main
+
+    with pytest.raises(MissingConfigException):
+        main(["config", "profile=smok", "--trace"])
+    monkeypatch.setenv("OSPLAB_TRACE", "1")
+    with pytest.raises(MissingConfigException):
+        main(["config", "profile=smok"])

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = verify_store(root)
     if problems:
         print(f"{root} does not match its manifest:\n  " + "\n  ".join(problems)
-              + "\nRegenerate it with `osplab data synth` (or `dvc checkout data.dvc`).", file=sys.stderr)
+              + "\nRebuild it with `dvc repro raw` (or `dvc checkout raw`).", file=sys.stderr)
         return 1
     stats = store_stats(root)
     atomic_write_json(args.metrics, stats)
