@@ -28,8 +28,7 @@ from osplab.config import load_params
 from osplab.data.clips import ClipDataset
 from osplab.io import atomic_write_json
 from osplab.train.checkpoint import latest_checkpoint
-from osplab.train.distributed import barrier
-from osplab.train.provenance import claim_run_dir, fingerprint, package_sources
+from osplab.train.provenance import claim_stage_run
 from osplab.models.vqvae import VQVAE, VQVAEConfig
 from osplab.tasks.vqvae import build_task, evaluate, init_batches, reconstruct
 from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
@@ -83,13 +82,10 @@ def initialise(model: VQVAE, crops, cfg, train_cfg: TrainConfig) -> dict:
 
 
 def claim_run(cfg, train_cfg: TrainConfig) -> None:
-    """Keep `out_dir` only if it is a run of these settings, this data and this code (rank 0)."""
-    if init_distributed().is_main:
-        settings = {key: plain(cfg[key]) for key in ("vqvae", "train_vqvae", "eval")}
-        settings.update(seed=cfg.seed, data_root=cfg.data.root)
-        manifest = Path(cfg.data.root) / "manifest.json"
-        claim_run_dir(train_cfg.out_dir, fingerprint(settings, [manifest, *package_sources()]))
-    barrier()
+    """Keep `out_dir` only if it is a run of these settings, this data and this code."""
+    settings = {key: plain(cfg[key]) for key in ("vqvae", "train_vqvae", "eval")}
+    settings.update(seed=cfg.seed, data_root=cfg.data.root)
+    claim_stage_run(train_cfg.out_dir, settings, [Path(cfg.data.root) / "manifest.json"], init_distributed().is_main)
 
 
 def main(argv: list[str] | None = None) -> dict:

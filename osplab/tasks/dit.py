@@ -98,9 +98,9 @@ def device_generator(device: torch.device) -> torch.Generator:
     return torch.default_generator
 
 
-def make_ddpm(cfg) -> DDPM:
-    d = cfg.ddpm
-    return DDPM(int(d.num_train_timesteps), d.schedule, d.prediction, bool(d.zero_terminal_snr))
+def make_ddpm(d) -> DDPM:
+    """The DDPM of the `diffusion.ddpm` settings (a DictConfig or a plain dict)."""
+    return DDPM(int(d["num_train_timesteps"]), d["schedule"], d["prediction"], bool(d["zero_terminal_snr"]))
 
 
 def objective_loss(objective: str, diffusion_cfg, model: nn.Module, batch: dict, generator: torch.Generator,
@@ -114,7 +114,7 @@ def objective_loss(objective: str, diffusion_cfg, model: nn.Module, batch: dict,
         r = diffusion_cfg.rf
         sampler = rectified_flow.TimestepSampler(r.timesteps, float(r.logit_mean), float(r.logit_std))
         return rectified_flow.loss(fn, x0, generator, t=t, noise=noise, timesteps=sampler)
-    ddpm = make_ddpm(diffusion_cfg)
+    ddpm = make_ddpm(diffusion_cfg.ddpm)
     i = None if t is None else (t * ddpm.num_train_timesteps).round().long().clamp(0, ddpm.num_train_timesteps - 1)
     return ddpm.loss(fn, x0, generator, i=i, noise=noise)
 

@@ -63,3 +63,14 @@ def claim_run_dir(out_dir: str | os.PathLike, inputs: dict[str, str]) -> bool:
             shutil.rmtree(path)
     atomic_write_json(saved_path, inputs)
     return False
+
+
+def claim_stage_run(out_dir: str | os.PathLike, settings: dict[str, Any], files: Iterable[str | os.PathLike],
+                    is_main: bool) -> None:
+    """`claim_run_dir` for a training stage: its settings, the given data files and the package
+    code; on the main rank, then a barrier so no rank reads checkpoints before the claim."""
+    from osplab.train.distributed import barrier
+
+    if is_main:
+        claim_run_dir(out_dir, fingerprint(settings, [*files, *package_sources()]))
+    barrier()

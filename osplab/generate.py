@@ -1,0 +1,134 @@
+"""Text to video with the trained checkpoints: load, check, sample, decode.
+
+    gen = load_generator("checkpoints/dit_rf.safetensors", "checkpoints/vqvae.safetensors", text_cfg)
+    videos = gen.generate(["a small red circle moves left slowly"], frames=16, height=64, width=64,
+                          steps=50, cfg_scale=4.0, seed=0)      # uint8 (N, T, H, W, 3)
+
+`load_generator` refuses a DiT whose VQVAE or text encoder is not the one it was trained with,
+naming both (the sha256 of the VQVAE file; the encoder's identity incl. its weights' sha256).
+Sampling runs the DiT's objective: rectified flow (Euler/Heun, any step count) or DDPM
+(ancestral/DDIM, any step count), with classifier-free guidance. Sampled latents are
+de-normalised and, with `snap`, replaced by their nearest VQVAE codes before decoding: the decoder
+was only ever trained on codes, and a sampled latent between codes decodes to a blend it never saw.
+A shape the DiT never trained on is allowed (positions are computed for any size) but warned about.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from osplab.data.text_cache import check_identity
+from osplab.diffusion import rectified_flow
+from osplab.diffusion.guidance import cfg as guided
+from osplab.io import sha256_file
+from osplab.models.dit import DiT, DiTConfig
+from osplab.models.text import TextEncoder, encoder_from_conf
+from osplab.models.vqvae import VQVAE, tensor_to_video
+from osplab.tasks.dit import LatentNorm, make_ddpm
+
+STAGE_OF = {"dit": "train_dit", "vqvae": "train_vqvae"}
+
+
+def _require(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} checkpoint {path} not found; make it with `dvc repro {STAGE_OF[what]}`"
+                                + (" (train_dit@rf or train_dit@ddpm)" if what == "dit" else ""))
+    return path
+
+
+def read_dit(path: str | Path) -> tuple[DiT, dict]:
+    """A DiT in eval mode and its metadata (decoded JSON) from an exported checkpoint."""
+    from safetensors import safe_open
+
+    from osplab.train import load_tensors
+
+    path = _require(path, "dit")
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    if raw.get("format") != "osplab-dit/1":
+        raise ValueError(f"{path} is not a DiT exported by train_dit (metadata format {raw.get('format')!r})")
+    meta = {k: (json.loads(v) if k not in ("format", "objective", "vqvae_sha256") else v) for k, v in raw.items()}
+    model = DiT(DiTConfig(**meta["model_config"]))
+    model.load_state_dict(load_tensors(path))
+    return model.eval(), meta
+
+
+@dataclass
+class Generator:
+    dit: DiT
+    vqvae: VQVAE
+    text: TextEncoder
+    meta: dict
+
+    @property
+    def norm(self) -> LatentNorm:
+        return LatentNorm(**self.meta["latent_norm"])
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(C, t, h, w) of a (frames, height, width) clip; a clear error with the nearest valid sizes."""
+        ft, fh, fw = self.vqvae.cfg.downsample
+        pt, ph, pw = self.dit.cfg.patch
+        for name, n, f in (("frames", frames, ft * pt), ("height", height, fh * ph), ("width", width, fw * pw)):
+            if n < f or n % f:
+                lo, hi = (n // f) * f, (n // f + 1) * f
+                near = f"{lo} or {hi}" if lo >= f else f"{hi}"
+                raise ValueError(f"{name}={n} cannot be generated: it must be a positive multiple of {f} (VQVAE "
+                                 f"downsampling x DiT patch); nearest valid {name}: {near}")
+        c, t, h, w = self.vqvae.latent_shape(frames, height, width)
+        if [t, h, w] not in [list(s) for s in self.meta["train_shapes"]]:
+            warnings.warn(f"latent shape {(t, h, w)} ({frames} frames at {height}x{width}) was never seen in "
+                          f"training (trained on {self.meta['train_shapes']}): expect worse samples", stacklevel=3)
+        return c, t, h, w
+
+    @torch.no_grad()
+    def sample_latents(self, captions: list[str], shape: tuple[int, int, int, int], steps: int, cfg_scale: float,
+                       sampler: str | None, seed: int, progress: bool = False) -> torch.Tensor:
+        """Normalised latents (N, C, t, h, w) for `captions`, noise from `seed`."""
+        text, mask = self.text.encode(list(captions))
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn((len(captions), *shape), generator=gen)
+        fn = guided(self.dit, text, mask, cfg_scale)
+        if self.meta["objective"] == "rf":
+            rf = self.meta["diffusion"]["rf"]
+            return rectified_flow.sample(fn, noise, steps, sampler or "euler", shift=float(rf["shift"]),
+                                         progress=progress)
+        ddpm = make_ddpm(self.meta["diffusion"]["ddpm"])
+        return ddpm.sample(fn, noise, steps, sampler or "ancestral", generator=gen, progress=progress,
+                           spacing=self.meta["diffusion"]["ddpm"]["spacing"])
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor, snap: bool) -> np.ndarray:
+        """Normalised latents (N, C, t, h, w) -> uint8 videos (N, T, H, W, 3)."""
+        z = self.norm.denormalize(x)
+        return tensor_to_video(self.vqvae.decode(z, requantize=snap)).numpy()
+
+    def generate(self, captions: list[str], frames: int, height: int, width: int, steps: int, cfg_scale: float,
+                 seed: int, sampler: str | None = None, snap: bool = True, progress: bool = False) -> np.ndarray:
+        if not steps >= 1:
+            raise ValueError(f"steps={steps} must be >= 1")
+        shape = self.latent_shape(frames, height, width)
+        x = self.sample_latents(captions, shape, steps, cfg_scale, sampler, seed, progress)
+        return self.decode(x, snap)
+
+
+def load_generator(dit_path: str | Path, vqvae_path: str | Path, text_cfg, device: str = "cpu") -> Generator:
+    """Load and cross-check the DiT, the VQVAE and the text encoder (see the module docstring)."""
+    from osplab.stages.encode import load_vqvae
+
+    dit, meta = read_dit(dit_path)
+    vq_path = _require(vqvae_path, "vqvae")
+    digest = sha256_file(vq_path)
+    if digest != meta["vqvae_sha256"]:
+        raise ValueError(f"{dit_path} was trained on the latents of a VQVAE with sha256 {meta['vqvae_sha256'][:12]}..., "
+                         f"but {vq_path} has sha256 {digest[:12]}...: its decoder does not speak the DiT's latents; "
+                         f"use the matching VQVAE or re-run `dvc repro train_dit`")
+    text = encoder_from_conf(text_cfg, device)
+    check_identity(meta["text_encoder"], text.identity, f"{dit_path}")
+    return Generator(dit.to(device), load_vqvae(str(vq_path)).to(device), text, meta)

@@ -1,0 +1,39 @@
+"""What produced an artefact: git commit, package versions, machine. Saved with checkpoints."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("osplab", "torch", "transformers", "einops", "numpy", "safetensors")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    """HEAD of the checkout osplab runs from, with `-dirty` if tracked files changed; 'unknown'
+    outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def run_record() -> dict:
+    return {"git_commit": git_commit(), "packages": package_versions(), "python": platform.python_version(),
+            "machine": platform.machine()}
