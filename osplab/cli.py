@@ -4,6 +4,8 @@
     osplab data video-folder SRC DST [OVERRIDES...]  decode a UCF-101-style tree into a clip store
     osplab params [OVERRIDES...]                     write params.yaml, the composition of conf/
     osplab config [OVERRIDES...]                     print the composed config
+    osplab estimate [OVERRIDES...] [--frames F --size H W --batch B] [--json]
+                                                     DiT parameters, FLOPs per step, activation memory
 
 OVERRIDES are Hydra overrides of conf/, e.g. `profile=smoke` or `data.synthetic.seed=7`.
 A config error (unknown profile or key) prints one line; `--trace` (or OSPLAB_TRACE=1) shows the trace.
@@ -48,6 +50,20 @@ def _video_folder(args) -> int:
     return 0
 
 
+def _estimate(args) -> int:
+    import json
+
+    from osplab.models.estimate import report
+
+    try:
+        est, table = report(args.overrides, args.frames, args.size, args.batch)
+    except ValueError as err:  # a clip shape or DiT setting that does not fit: say which
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(est, indent=2) if args.json else table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `osplab` command; config errors become one `error: ...` line (exit 2) unless --trace."""
     return run_with_config_errors(_main, argv)
@@ -68,7 +84,13 @@ def _main(argv: list[str] | None) -> int:
     params.set_defaults(run=lambda a: write_params(compose(a.overrides), a.out) or 0)
     show = sub.add_parser("config", help="print the composed config")
     show.set_defaults(run=lambda a: print(OmegaConf.to_yaml(compose(a.overrides))) or 0)
-    for p in (synth, folder, params, show):
+    est = sub.add_parser("estimate", help="parameters, FLOPs per step and activation memory of the DiT config")
+    est.add_argument("--frames", type=int, help="clip frames (default: the data config's longest)")
+    est.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="clip size in pixels (default: largest)")
+    est.add_argument("--batch", type=int, help="samples per step (default: train_dit.micro_batch, else 1)")
+    est.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    est.set_defaults(run=_estimate)
+    for p in (synth, folder, params, show, est):
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=smoke")
     args = parser.parse_args(argv)
     return args.run(args)

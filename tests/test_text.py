@@ -77,3 +77,13 @@ def test_missing_hub_model_says_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache: nothing there
     with pytest.raises(FileNotFoundError, match="does not download"):
         TextEncoder("google/t5-v1_1-xxl", max_length=16, device="cpu")
+
+
+def test_conf_dim_is_checked_against_the_encoder():
+    from osplab.config import compose
+    from osplab.models.text import encoder_from_conf
+
+    text = compose([]).text
+    assert encoder_from_conf(text, "cpu").dim == text.dim == 384
+    with pytest.raises(ValueError, match="text.dim=512 .* hidden size 384"):
+        encoder_from_conf({**text, "dim": 512}, "cpu")

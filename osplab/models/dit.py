@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -82,6 +83,8 @@ class DiTConfig:
         axis_dims(self.width)  # even width >= 6 for the 3-D positions
         if self.time_freq_dim % 2:
             raise ValueError(f"dit.time_freq_dim={self.time_freq_dim} must be even (sin and cos pairs)")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"dit.seed={self.seed!r} must be an int >= 0")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"dit.caption_dropout={self.caption_dropout} must be in [0, 1)")
         check_choice("dit.layout", self.layout, MODULE_LAYOUTS)
@@ -225,8 +228,9 @@ class DiT(nn.Module):
             rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
             call = int(self.dropout_calls)
             self.dropout_calls += 1
-            # a fresh generator per call from (seed, call, rank): ranks draw different flips
-            generator = torch.Generator().manual_seed(hash((self.cfg.seed, call, rank)) & (2**63 - 1))
+            # a fresh generator per call, seeded by hashing (seed, call, rank): ranks draw different flips
+            entropy = np.random.SeedSequence([self.cfg.seed, call, rank]).generate_state(1, np.uint64)[0]
+            generator = torch.Generator().manual_seed(int(entropy) >> 1)
         gen_device = generator.device
         return (torch.rand(B, generator=generator, device=gen_device) < p).to(device)
 
