@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any, Iterable, Mapping
 
 
@@ -71,10 +72,11 @@ def choice(key: str, value: Any, options: Iterable[Any]) -> Any:
 
 
 def sequence(key: str, value: Any, length: int | None = None, min_length: int = 0) -> list:
-    """A list/tuple (not a string) of exactly `length` or at least `min_length` items."""
+    """A sequence (list, tuple, OmegaConf ListConfig; not a string) of exactly `length` or at least
+    `min_length` items, returned as a list."""
     n = length if length is not None else min_length
     allowed = f"a list of {'exactly' if length is not None else 'at least'} {n} item{'s' if n != 1 else ''}"
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise _fail(key, value, allowed)
     if (length is not None and len(value) != length) or len(value) < min_length:
         raise _fail(key, value, allowed)

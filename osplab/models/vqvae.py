@@ -55,6 +55,7 @@ GroupNorm there would subtract each frame's mean and lose the colour of plain ba
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,7 +126,7 @@ class VQVAEConfig:
             checks.integer(f"{key}.{name}", getattr(self, name), minimum)
         checks.integers(f"{key}.channel_mult", self.channel_mult, 1)
         checks.integers(f"{key}.downsample", self.downsample, 1, length=3)
-        if not isinstance(self.num_res_blocks, (list, tuple)):
+        if isinstance(self.num_res_blocks, int) or not isinstance(self.num_res_blocks, Sequence):
             checks.integer(f"{key}.num_res_blocks", self.num_res_blocks, 0)
         else:
             checks.integers(f"{key}.num_res_blocks", self.num_res_blocks, 0)
