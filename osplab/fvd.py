@@ -17,7 +17,7 @@ FLAGS = {  # flag -> (type, help)
     "stride": (int, "frame step"), "resolution": (int, "I3D input size"),
     "resize": (str, "tf1 | pytorch"), "covariance": (str, "unbiased | biased"),
     "bootstrap_rounds": (int, "bootstrap resamplings"), "batch_size": (int, "clips per I3D batch"),
-    "seed": (int, "subset / bootstrap seed"), "real_split": (str, "name of the real split, recorded"),
+    "seed": (int, "subset / bootstrap seed"), "real_split": (str, "what REAL is, recorded (default: the REAL path)"),
     "device": (str, "cpu | cuda"),
 }
 
@@ -36,17 +36,42 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+def settings(args: argparse.Namespace) -> dict:
+    """The eval settings: --config, then the flags given; checked before any clip is read.
+
+    `real_split` records what REAL was: the --real-split flag if given, else the REAL argument
+    itself (a folder or file is no split of a store, so the config's `real_split` is not used)."""
     from omegaconf import OmegaConf
 
+    from osplab.metrics.settings import check_eval_settings
+
     if not args.config.is_file():
-        sys.exit(f"eval config {args.config} not found; pass --config conf/eval/default.yaml from an osplab checkout")
+        raise FileNotFoundError(f"eval config {args.config} not found; pass --config conf/eval/default.yaml "
+                                "from an osplab checkout")
     cfg = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)
     cfg.update({k: getattr(args, k) for k in [*FLAGS, "compile"] if getattr(args, k) is not None})
-    from osplab.metrics.fvd import compute_fvd
+    if args.real_split is None:
+        cfg["real_split"] = str(args.real)
 
-    result = compute_fvd(args.real, args.fake, cfg, progress=not args.quiet, real_cache=args.real_cache)
+    def name(key: str) -> str:
+        top = key.split(".")[0]
+        return "--" + top.replace("_", "-") if getattr(args, top, None) is not None else f"{key} (in {args.config})"
+
+    check_eval_settings(cfg, name)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 with one `error: ...` line for a bad setting or input (no traceback)."""
+    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = settings(args)
+        from osplab.metrics.fvd import compute_fvd
+
+        result = compute_fvd(args.real, args.fake, cfg, progress=not args.quiet, real_cache=args.real_cache)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(result.summary())
     if args.out:
         result.save(args.out)

@@ -65,20 +65,52 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _check_replaceable(path: Path, family: str | None) -> None:
+    """Raise unless `path` is absent, an empty folder, or a store of `family` (manifest.json "format": "FAMILY/...")."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder; refusing to replace it with a store. "
+                              "Choose another destination (or remove the file yourself)")
+    if not any(path.iterdir()):
+        return
+    manifest = path / "manifest.json"
+    fmt = None
+    if manifest.is_file():
+        try:
+            fmt = json.loads(manifest.read_text()).get("format")
+        except (ValueError, OSError, AttributeError):
+            fmt = None
+    if family is None or not isinstance(fmt, str) or fmt.split("/")[0] != family:
+        what = f"a store of format {fmt!r}" if isinstance(fmt, str) else "not an osplab store (no readable manifest.json)"
+        raise FileExistsError(f"{path} is a non-empty folder and {what}; refusing to replace it"
+                              + (f" with a {family!r} store" if family else "")
+                              + ". Choose another destination (or remove the folder yourself)")
+
+
 @contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, family: str | None = None) -> Iterator[Path]:
     """Build a folder under a temporary name, then swap it in place of `path`.
 
-    The old folder (if any) is replaced only after the new one is complete. Stale partial folders
-    left by a killed run (`.NAME.partial-*`) are removed first.
+    `path` may be absent, an empty folder, or a store this writer owns: a folder whose manifest.json
+    has `"format": "FAMILY/<version>"` with FAMILY == `family`. Anything else (a file, a user's folder,
+    another kind of store) raises FileExistsError before anything is touched. A symlink is followed:
+    the store is written where it points. The old store is replaced only after the new one is
+    complete. Stale partial folders left by a killed run (`.NAME.partial-*`) are removed first. The
+    new folder gets ordinary permissions (0777 minus the umask; `mkdtemp` alone makes it 0700).
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    _check_replaceable(path, family)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        _check_replaceable(path, family)  # the destination may have appeared while the store was built
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.partial-old-{os.getpid()}"

@@ -151,9 +151,13 @@ def test_stage_end_to_end_with_real_i3d_and_cached_real_side(stage, capsys):
     assert f"FVD {out['fvd']:.2f}" in printed and f"protocol: {n} real (val) vs {n} fake clips" in printed
     assert "summary" not in out and out["real_features_from_cache"]
     assert out["clips"] == n and out["skipped_real"] == short
-    for key in ("fvd", "fvd_bootstrap_std", "psnr", "ssim", "flicker_ratio"):
+    for key in ("fvd", "psnr", "ssim", "flicker_ratio"):
         assert math.isfinite(out[key]), key
-    assert out["fvd"] > 0 and out["fvd_bootstrap_std"] > 0 and out["psnr"] < 40
+    assert out["fvd"] > 0 and out["psnr"] < 40
+    if n < 4:  # half-sampling needs >= 4 clips per side: no spread rather than a meaningless one
+        assert out["fvd_bootstrap_std"] is None and out["fvd_debiased"] is None and "no spread" in printed
+    else:
+        assert out["fvd_bootstrap_std"] > 0 and out["fvd_bootstrap_p2_5"] < out["fvd"] < out["fvd_bootstrap_p97_5"]
     p = out["protocol"]
     assert (p["n_real"], p["n_fake"], p["frames"], p["resolution"], p["bootstrap_rounds"]) == (
         n, n, cfg.eval.frames, cfg.eval.resolution, cfg.eval.bootstrap_rounds)

@@ -95,13 +95,12 @@ def test_fallback_when_sqrtm_fails(monkeypatch):
     assert method == "eigh" and got == pytest.approx(expect, rel=1e-8)
 
 
-def test_bootstrap_is_seeded_and_spread_brackets_large_shift():
+def test_spread_is_seeded_and_brackets_the_fvd():
     x, y = correlated(200, 10, 14), correlated(200, 10, 15, shift=1.0)
-    a = fvd.bootstrap_fvd(x, y, 20, seed=3, covariance="unbiased", progress=False)
-    b = fvd.bootstrap_fvd(x, y, 20, seed=3, covariance="unbiased", progress=False)
-    np.testing.assert_array_equal(a, b)
-    point = fvd.fvd_from_features(x, y, "unbiased", 0, 0, progress=False)["fvd"]
-    assert a.std() > 0 and abs(np.median(a) - point) < 0.2 * point
+    a = fvd.fvd_from_features(x, y, "unbiased", 20, 3, progress=False)
+    assert a == fvd.fvd_from_features(x, y, "unbiased", 20, 3, progress=False)
+    assert a["bootstrap_std"] > 0 and a["bootstrap_p2_5"] < a["fvd"] < a["bootstrap_p97_5"]
+    assert a["fvd_debiased"] < a["fvd"]  # FVD is biased upward at finite N; the correction lowers it
 
 
 def test_tf1_resize_conventions():
@@ -207,4 +206,46 @@ def test_cli_on_cached_features(model, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "FVD" in out and "30 real" in out and "unbiased covariance" in out
-    assert json.loads((tmp_path / "o.json").read_text())["protocol"]["n_fake"] == 30
+    protocol = json.loads((tmp_path / "o.json").read_text())["protocol"]
+    assert protocol["n_fake"] == 30 and protocol["real_split"] == str(tmp_path / "r.npz")  # what REAL was
+    assert main(args + ["--real-split", "val"]) == 0
+    assert json.loads((tmp_path / "o.json").read_text())["protocol"]["real_split"] == "val"
+
+
+@pytest.mark.parametrize("flag,value,allowed", [
+    ("--bootstrap-rounds", "-1", "an integer >= 0"), ("--batch-size", "0", "an integer >= 1"),
+    ("--stride", "0", "an integer >= 1"), ("--resolution", "0", "an integer >= 193 and <= 224"),
+    ("--num-clips", "-3", "an integer >= 2"), ("--frames", "4", "an integer >= 9"),
+    ("--covariance", "biassed", "one of 'unbiased', 'biased'")])
+def test_cli_rejects_bad_flags_before_any_work(tmp_path, capsys, monkeypatch, flag, value, allowed):
+    from osplab.fvd import main
+    from osplab.metrics import i3d
+
+    monkeypatch.setattr(i3d, "load_i3d", lambda *a, **k: pytest.fail("I3D loaded before the settings were checked"))
+    np.save(tmp_path / "c.npy", np.zeros((2, 16, 8, 8, 3), np.uint8))
+    assert main([str(tmp_path / "c.npy"), str(tmp_path / "c.npy"), flag, value, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {flag}={value if flag == '--covariance' else int(value)!r} is not allowed; allowed: {allowed}"
+
+
+def test_cli_names_the_config_file_for_a_bad_file_setting(tmp_path, capsys):
+    from osplab.fvd import main
+
+    conf = tmp_path / "eval.yaml"
+    conf.write_text(fvd_default_yaml().replace("batch_size: 4", "batch_size: 0"))
+    assert main(["a", "b", "--config", str(conf)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: batch_size (in {conf})=0 is not allowed")
+
+
+def fvd_default_yaml() -> str:
+    from osplab.fvd import DEFAULT_CONFIG
+
+    text = DEFAULT_CONFIG.read_text()
+    assert "batch_size: 4" in text
+    return text
+
+
+def test_rank_deficient_side_warns():
+    x, y = correlated(30, 20, 17), correlated(3, 20, 18)
+    with pytest.warns(UserWarning, match=r"only fake 3 clips for 20-dimensional features"):
+        fvd.warn_rank_deficient(len(x), len(y), x.shape[1])

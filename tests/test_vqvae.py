@@ -133,11 +133,11 @@ def test_bad_inputs_and_configs():
         tiny_cfg(channel_mult=(1, 2))
     with pytest.raises(ValueError, match="norm_groups"):
         tiny_cfg(norm_groups=3)
-    with pytest.raises(ValueError, match="choose 'patch' or 'hierarchical'"):
+    with pytest.raises(ValueError, match="vqvae.model.arch='unet' is not allowed; allowed: one of 'patch', 'hierarchical'"):
         tiny_cfg(arch="unet")
     with pytest.raises(ValueError, match="one channel_mult entry"):
         patch_cfg(channel_mult=(1, 2))
-    with pytest.raises(ValueError, match=r"unknown VQVAE settings \['depth'\]"):
+    with pytest.raises(ValueError, match=r"vqvae.model: unknown keys \['depth'\]"):
         VQVAEConfig.from_dict({**vars(tiny_cfg()), "depth": 3})
 
 

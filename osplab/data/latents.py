@@ -34,7 +34,7 @@ def write_latents(root: str | Path, records: Iterable[tuple[str, np.ndarray, dic
     for split, indices, meta in records:
         groups[(split, *indices.shape)].append((indices.astype(np.int16), meta))
     rows, shards = [], []
-    with atomic_dir(root) as tmp:
+    with atomic_dir(root, family=FORMAT.split("/")[0]) as tmp:
         for (split, t, h, w), items in sorted(groups.items()):
             name = f"{split}/t{t:03d}_{h}x{w}_000.npy"
             (tmp / split).mkdir(exist_ok=True)

@@ -93,7 +93,7 @@ def write_store(root: str | Path, records: Iterable[tuple[str, np.ndarray, dict]
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    with atomic_dir(root) as tmp:
+    with atomic_dir(root, family=FORMAT.split("/")[0]) as tmp:
         writer = StoreWriter(tmp, shard_size)
         for split, frames, meta in records:
             writer.add(split, frames, meta)

@@ -10,9 +10,11 @@ frame bounces, and the caption says so).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
+from osplab import checks
 from osplab.data.render import render_clip
 
 SPLITS = ("train", "val", "test")
@@ -40,12 +42,31 @@ class SynthConfig:
     p_bounce: float
     p_textured: float
 
+    def __post_init__(self) -> None:
+        """Type and range checks naming the key (`data.synthetic.frames[0]=0 is not allowed; ...`).
+
+        Values are checked, not converted: they are written to the store's manifest as given."""
+        key = "data.synthetic"
+        checks.integer(f"{key}.seed", self.seed, 0)
+        if not isinstance(self.num_clips, Mapping) or not set(self.num_clips) <= set(SPLITS):
+            raise ValueError(f"{key}.num_clips={self.num_clips!r} is not allowed; allowed: a mapping of splits "
+                             f"{SPLITS} to clip counts, e.g. {{train: 2000, val: 200, test: 200}}")
+        counts = [checks.integer(f"{key}.num_clips.{s}", n, 0) for s, n in self.num_clips.items()]
+        if sum(counts) < 1:
+            raise ValueError(f"{key}.num_clips={self.num_clips!r} is not allowed; allowed: at least one clip in total")
+        checks.integers(f"{key}.frames", self.frames, 1)
+        resolutions = checks.sequence(f"{key}.resolutions", self.resolutions, min_length=1)
+        for i, hw in enumerate(resolutions):
+            checks.integers(f"{key}.resolutions[{i}]", hw, 1, length=2)
+        for name in ("p_two_objects", "p_bounce", "p_textured"):
+            checks.probability(f"{key}.{name}", getattr(self, name))
+
     @classmethod
     def from_conf(cls, node) -> "SynthConfig":
         """From the `data.synthetic` node of a composed config (OmegaConf -> plain python)."""
         from omegaconf import OmegaConf
 
-        return cls(**OmegaConf.to_container(node, resolve=True))
+        return cls(**checks.known_keys("data.synthetic", OmegaConf.to_container(node, resolve=True), cls))
 
 
 @dataclass

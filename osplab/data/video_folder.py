@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from osplab import checks
+
 
 @dataclass(frozen=True)
 class VideoFolderConfig:
@@ -36,11 +38,26 @@ class VideoFolderConfig:
     test_fraction: float
     extensions: list
 
+    def __post_init__(self) -> None:
+        """Type and range checks naming the key (`data.video_folder.stride=0 is not allowed; ...`)."""
+        key = "data.video_folder"
+        for name in ("frames", "stride", "clips_per_video"):
+            checks.integer(f"{key}.{name}", getattr(self, name), 1)
+        checks.integers(f"{key}.size", self.size, 1, length=2)
+        val = checks.probability(f"{key}.val_fraction", self.val_fraction)
+        test = checks.probability(f"{key}.test_fraction", self.test_fraction)
+        if val + test > 1.0:
+            raise ValueError(f"{key}.val_fraction={self.val_fraction} + {key}.test_fraction={self.test_fraction} "
+                             "is not allowed; allowed: a sum <= 1 (the rest is train)")
+        for i, ext in enumerate(checks.sequence(f"{key}.extensions", self.extensions, min_length=1)):
+            if not isinstance(ext, str) or not ext.startswith(".") or len(ext) < 2:
+                raise ValueError(f"{key}.extensions[{i}]={ext!r} is not allowed; allowed: a file suffix such as '.avi'")
+
     @classmethod
     def from_conf(cls, node) -> "VideoFolderConfig":
         from omegaconf import OmegaConf
 
-        return cls(**OmegaConf.to_container(node, resolve=True))
+        return cls(**checks.known_keys("data.video_folder", OmegaConf.to_container(node, resolve=True), cls))
 
 
 class SkipVideo(Exception):

@@ -14,11 +14,20 @@ Protocol (every knob is in conf/eval/default.yaml and recorded in `FVDProtocol`)
 4. Fréchet distance |mu_r - mu_f|^2 + tr(S_r + S_f - 2 (S_r S_f)^(1/2)) with scipy's sqrtm (real
    part). Fallback when the product is near singular (N < 400 makes both covariances singular):
    retry with eps*I added to both covariances, then the eigen-based trace (always real, stable).
-5. Bootstrap: `bootstrap_rounds` resamplings (with replacement) of both feature sets; the spread
-   (std, 2.5-97.5 percentiles) says how much the number moves with the clip sample alone. The
-   resampled FVDs sit above the point estimate (duplicated clips shrink the covariances, and FVD
-   is biased upward at small N), so read the std as the spread, not the percentiles as a
-   confidence interval around the point estimate.
+5. Spread (`bootstrap_rounds` rounds; the record keys keep the name `bootstrap_*`): half-sampling
+   without replacement. Each round draws a random half of the real and of the fake features (no
+   clip twice) and computes their FVD. For statistics like FVD (smooth functions of means) the
+   spread of half-sample values about their mean matches the spread of the N-clip FVD over fresh
+   draws of N clips (delete-d jackknife with d = N/2; Shao & Wu 1989), so `bootstrap_std` is the
+   std of the reported FVD over clip draws and [`bootstrap_p2_5`, `bootstrap_p97_5`] = FVD +
+   (2.5, 97.5 percentiles of the centred half-sample values) is a 95% interval for the FVD at this
+   clip count: it always contains the reported FVD. Resampling *with* replacement (the previous
+   method) duplicates clips, shrinks the covariances and put the whole interval above the FVD.
+   FVD is biased upward at finite N (bias ~ 1/N): halves are about twice as biased, so
+   `fvd_debiased` = (k FVD - mean of halves) / (k - 1), k = N / (N/2) ~ 2, extrapolates to
+   infinitely many clips (as in Chong & Forsyth's FID_inf), with the same interval widths
+   (`fvd_debiased_p2_5`, `fvd_debiased_p97_5`). On Gaussian features its interval covers the
+   closed-form Fréchet distance ~95% of the time (tests/test_fvd_spread.py).
 
 Caveat (content bias): I3D logits respond mostly to per-frame appearance; FVD moves much less
 for temporal corruption (frame shuffling, frozen frames) than for spatial corruption of similar
@@ -41,11 +50,10 @@ import torch
 import torch.nn.functional as F
 
 from osplab.io import atomic_path, atomic_write_text
+from osplab.metrics.settings import COVARIANCE, RESIZE, check_eval_settings
 
 NPY_EXT = (".npy",)
 VIDEO_EXT = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".gif")
-RESIZE = ("tf1", "pytorch")
-COVARIANCE = ("unbiased", "biased")
 
 
 # ----------------------------------------------------------------------------- records
@@ -64,24 +72,31 @@ class FVDProtocol:
     covariance: str
     bootstrap_rounds: int
     features: str = "i3d-kinetics400-logits"  # what was fitted, not a setting
+    spread: str = "half-sampling without replacement"  # how bootstrap_* were computed (module doc, step 5)
 
 
 @dataclass
 class FVDResult:
-    fvd: float
-    bootstrap_std: float | None      # None when bootstrap_rounds < 2
-    bootstrap_p2_5: float | None
+    """An FVD with its spread (module doc, step 5); spread fields are None when it was not computed."""
+    fvd: float              # plug-in FVD of the N real vs N fake clips (the number papers report)
+    bootstrap_std: float | None      # std of that FVD over clip draws (half-sampling); None: < 2 rounds
+    bootstrap_p2_5: float | None     # 95% interval for the FVD at this clip count; contains `fvd`
     bootstrap_p97_5: float | None
     sqrtm_method: str       # "sqrtm", "sqrtm+eps" or "eigh" (see frechet_distance)
     skipped_real: int       # clips too short or unreadable, counted, never silently dropped
     skipped_fake: int
     protocol: FVDProtocol
+    fvd_debiased: float | None = None        # extrapolated to infinitely many clips (bias ~ 1/N removed)
+    fvd_debiased_p2_5: float | None = None   # its 95% interval; contains `fvd_debiased`
+    fvd_debiased_p97_5: float | None = None
 
     def summary(self) -> str:
         p = self.protocol
-        spread = ("no bootstrap" if self.bootstrap_std is None else
-                  f"+- {self.bootstrap_std:.2f} (bootstrap std over {p.bootstrap_rounds} rounds; resampled FVDs "
-                  f"2.5-97.5%: [{self.bootstrap_p2_5:.2f}, {self.bootstrap_p97_5:.2f}])")
+        spread = ("(no spread: bootstrap_rounds < 2 or < 4 clips per side)" if self.bootstrap_std is None else
+                  f"+- {self.bootstrap_std:.2f} (std over clip draws, half-sampling, {p.bootstrap_rounds} rounds; "
+                  f"95% interval at this clip count: [{self.bootstrap_p2_5:.2f}, {self.bootstrap_p97_5:.2f}])\n"
+                  f"extrapolated to infinitely many clips: {self.fvd_debiased:.2f} "
+                  f"[{self.fvd_debiased_p2_5:.2f}, {self.fvd_debiased_p97_5:.2f}]")
         return (f"FVD {self.fvd:.2f} {spread}\n"
                 f"protocol: {p.n_real} real ({p.real_split}) vs {p.n_fake} fake clips, {p.frames} frames "
                 f"stride {p.stride}, {p.resize} bilinear to {p.resolution}, {p.covariance} covariance, "
@@ -147,25 +162,6 @@ def frechet_distance(mu1, s1, mu2, s2, eps: float = 1e-6, tol: float = 1e-5) -> 
     if tr is not None:
         return diff + base - 2.0 * tr, "sqrtm+eps"
     return diff + base - 2.0 * trace_sqrt_product_eigh(s1, s2), "eigh"
-
-
-def bootstrap_fvd(real: np.ndarray, fake: np.ndarray, rounds: int, seed: int, covariance: str,
-                  progress: bool = True) -> np.ndarray:
-    """FVD of `rounds` resampled (with replacement) pairs of feature sets -> (rounds,) float64.
-
-    Uses the eigen-based trace (agrees with sqrtm to ~1e-8 relative when well conditioned, and is
-    several times faster on singular covariances), so the spread costs seconds, not minutes.
-    """
-    from tqdm.auto import tqdm
-
-    rng = np.random.Generator(np.random.PCG64(seed))
-    out = np.empty(rounds)
-    for i in tqdm(range(rounds), desc="bootstrap", disable=not progress or rounds == 0):
-        r = real[rng.integers(0, len(real), len(real))]
-        f = fake[rng.integers(0, len(fake), len(fake))]
-        (m1, s1), (m2, s2) = gaussian_stats(r, covariance), gaussian_stats(f, covariance)
-        out[i] = np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt_product_eigh(s1, s2)
-    return out
 
 
 # ----------------------------------------------------------------------------- clips
@@ -325,7 +321,8 @@ def load_features(path: str | Path, expect: dict) -> tuple[np.ndarray, dict]:
 
 def fvd_from_features(real: np.ndarray, fake: np.ndarray, covariance: str, bootstrap_rounds: int,
                       seed: int, progress: bool = True) -> dict:
-    """FVD and bootstrap spread of two (N, 400) feature sets -> dict of the numeric result fields.
+    """FVD and its spread (half-sampling, module doc step 5) of two (N, 400) feature sets -> dict of
+    the numeric result fields; no spread (None) when bootstrap_rounds < 2 or a side has < 4 clips.
 
     BLAS runs single-threaded here: on a busy 2-core machine a multi-threaded 400x400 eigh took
     3.2 s instead of 0.015 s (measured), and the bootstrap does hundreds of them.
@@ -339,11 +336,13 @@ def fvd_from_features(real: np.ndarray, fake: np.ndarray, covariance: str, boots
 def _fvd_from_features(real, fake, covariance, bootstrap_rounds, seed, progress) -> dict:
     (m1, s1), (m2, s2) = gaussian_stats(real, covariance), gaussian_stats(fake, covariance)
     fvd, method = frechet_distance(m1, s1, m2, s2)
-    out = dict(fvd=float(fvd), bootstrap_std=None, bootstrap_p2_5=None, bootstrap_p97_5=None, sqrtm_method=method)
-    if bootstrap_rounds >= 2:
-        boot = bootstrap_fvd(real, fake, bootstrap_rounds, seed, covariance, progress)
-        lo, hi = np.percentile(boot, [2.5, 97.5])
-        out.update(bootstrap_std=float(boot.std(ddof=1)), bootstrap_p2_5=float(lo), bootstrap_p97_5=float(hi))
+    out = dict(fvd=float(fvd), bootstrap_std=None, bootstrap_p2_5=None, bootstrap_p97_5=None, sqrtm_method=method,
+               fvd_debiased=None, fvd_debiased_p2_5=None, fvd_debiased_p97_5=None)
+    if bootstrap_rounds >= 2 and min(len(real), len(fake)) >= 4:
+        from osplab.metrics.spread import half_sample_fvd, spread_from_halves
+
+        halves = half_sample_fvd(real, fake, bootstrap_rounds, seed, covariance, progress)
+        out.update(spread_from_halves(out["fvd"], halves, len(real), len(fake)))
     return out
 
 
@@ -372,6 +371,16 @@ def _features(source, model, cfg, side: str, progress: bool, cache: str | Path |
     return feats, len(clips.skipped)
 
 
+def warn_rank_deficient(n_real: int, n_fake: int, dim: int) -> None:
+    """Warn when a side has fewer clips than feature dimensions: its covariance is then rank-deficient."""
+    small = [f"{side} {n}" for side, n in (("real", n_real), ("fake", n_fake)) if n < dim]
+    if small:
+        warnings.warn(f"only {', '.join(small)} clips for {dim}-dimensional features: the covariance has rank "
+                      f"< {dim}, so this FVD is strongly biased upward and comparable only with FVDs at the same "
+                      f"clip counts (see fvd_debiased); use >= {dim} clips per side for a full-rank estimate",
+                      stacklevel=2)
+
+
 def compute_fvd(real, fake, cfg, model: torch.nn.Module | None = None, progress: bool = True,
                 real_cache: str | Path | None = None) -> FVDResult:
     """FVD between two clip sources (see `ClipSource`; or cached feature .npz files).
@@ -382,9 +391,11 @@ def compute_fvd(real, fake, cfg, model: torch.nn.Module | None = None, progress:
     """
     from osplab.metrics.i3d import load_i3d
 
+    check_eval_settings(cfg)
     model = model or load_i3d(cfg.get("device"))
     fr, skip_r = _features(real, model, cfg, "real", progress, real_cache)
     ff, skip_f = _features(fake, model, cfg, "fake", progress)
+    warn_rank_deficient(len(fr), len(ff), fr.shape[1])
     nums = fvd_from_features(fr, ff, cfg["covariance"], cfg["bootstrap_rounds"], cfg["seed"], progress)
     protocol = FVDProtocol(
         n_real=len(fr), n_fake=len(ff), frames=cfg["frames"], stride=cfg["stride"],

@@ -75,7 +75,7 @@ def clip_features(clips: list[np.ndarray], model: torch.nn.Module, ecfg, desc: s
 
 def fvd_result(real: np.ndarray, fake: np.ndarray, ecfg, weights_sha256: str, skipped_real: int = 0,
                skipped_fake: int = 0, progress: bool = False) -> FVDResult:
-    """FVD of two (N, 400) feature sets with its bootstrap spread and protocol record (`eval` settings ecfg).
+    """FVD of two (N, 400) feature sets with its spread and protocol record (`eval` settings ecfg).
 
     The linear algebra runs with one BLAS thread: on a shared 2-core machine a multi-threaded
     OpenBLAS eigh of 400 x 400 was measured ~200x slower (3 s instead of 0.015 s) while other
@@ -165,7 +165,7 @@ def is_monotone(rows: list[dict], kind: str) -> bool:
 
 # ----------------------------------------------------------------------------- report
 def sweep_figure(rows: list[dict]):
-    """FVD vs corruption level, one line per kind, bars = bootstrap std (shows nothing when absent)."""
+    """FVD vs corruption level, one line per kind, bars = spread std (half-sampling; nothing when absent)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -187,19 +187,20 @@ def sweep_figure(rows: list[dict]):
 
 
 def sweep_markdown(rows: list[dict], title: str = "FVD sanity check") -> str:
-    """The sweep as a markdown report: protocol, table (FVD +- bootstrap std per kind/level), Spearman."""
+    """The sweep as a markdown report: protocol, table (FVD, its std and 95% interval over clip draws), Spearman."""
     p = rows[0]["protocol"]
     rho = spearman_by_kind(rows)
     lines = [f"# {title}", "",
              f"FVD(A, corrupt(B)) between two disjoint random halves of the real `{p.real_split}` clips "
              f"({p.n_real} vs {p.n_fake} clips). Level 0 is FVD(A, B): the floor set by sampling alone.", "",
              f"Protocol: {p.frames} frames, stride {p.stride}, {p.resize} bilinear to {p.resolution}, "
-             f"{p.covariance} covariance, {p.bootstrap_rounds} bootstrap rounds, seed {p.seed}, "
+             f"{p.covariance} covariance, spread by {p.spread} ({p.bootstrap_rounds} rounds), seed {p.seed}, "
              f"I3D sha256 {p.weights_sha256[:12]}.", "",
-             "| kind | level | strength | FVD | bootstrap std |", "|---|---:|---|---:|---:|"]
+             "| kind | level | strength | FVD | std | 95% interval |", "|---|---:|---|---:|---:|---|"]
     for r in rows:
         std = "-" if r["std"] is None else f"{r['std']:.2f}"
-        lines.append(f"| {r['kind']} | {r['level']:g} | {r['strength']} | {r['fvd']:.2f} | {std} |")
+        ci = "-" if r.get("p2_5") is None else f"[{r['p2_5']:.2f}, {r['p97_5']:.2f}]"
+        lines.append(f"| {r['kind']} | {r['level']:g} | {r['strength']} | {r['fvd']:.2f} | {std} | {ci} |")
     lines += ["", "| kind | Spearman(level, FVD) | strictly monotone |", "|---|---:|---|"]
     lines += [f"| {k} | {v:.3f} | {'yes' if is_monotone(rows, k) else 'no'} |" for k, v in rho.items()]
     return "\n".join(lines) + "\n"

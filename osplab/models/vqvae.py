@@ -55,7 +55,8 @@ GroupNorm there would subtract each frame's mean and lose the colour of plain ba
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -63,6 +64,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from osplab import checks
 from osplab.models.quantizer import VectorQuantizer
 
 
@@ -86,32 +88,51 @@ class VQVAEConfig:
     norm_groups: int            # GroupNorm groups (must divide every level's channels)
 
     def __post_init__(self):
-        if self.arch not in ("patch", "hierarchical"):
-            raise ValueError(f"arch={self.arch!r}: choose 'patch' or 'hierarchical'")
+        self._check_types()
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.downsample = tuple(int(f) for f in self.downsample)
         if isinstance(self.num_res_blocks, int):
             self.num_res_blocks = (self.num_res_blocks,) * len(self.channel_mult)
         self.num_res_blocks = tuple(int(n) for n in self.num_res_blocks)
         if len(self.num_res_blocks) != len(self.channel_mult) or min(self.num_res_blocks) < 0:
-            raise ValueError(f"num_res_blocks={self.num_res_blocks}: give one int, or one count >= 0 per level "
-                             f"of channel_mult={self.channel_mult}")
+            raise ValueError(f"vqvae.model.num_res_blocks={self.num_res_blocks}: give one int, or one count >= 0 "
+                             f"per level of channel_mult={self.channel_mult}")
         if len(self.downsample) != 3:
-            raise ValueError(f"downsample={self.downsample}: give three factors (t, h, w), e.g. (4, 8, 8)")
+            raise ValueError(f"vqvae.model.downsample={self.downsample}: give three factors (t, h, w), e.g. (4, 8, 8)")
         for f in self.downsample:
             if f < 1 or f & (f - 1):
-                raise ValueError(f"downsample={self.downsample}: every factor must be a power of two (1, 2, 4, ...)")
+                raise ValueError(f"vqvae.model.downsample={self.downsample}: every factor must be a power of two "
+                                 "(1, 2, 4, ...)")
         need = max(int(math.log2(f)) for f in self.downsample)
         if self.arch == "patch" and len(self.channel_mult) != 1:
-            raise ValueError(f"arch=patch works at one resolution: give one channel_mult entry, got {self.channel_mult}")
+            raise ValueError(f"vqvae.model.arch=patch works at one resolution: give one channel_mult entry, "
+                             f"got {self.channel_mult}")
         if self.arch == "hierarchical" and len(self.channel_mult) < need + 1:
-            raise ValueError(f"channel_mult={self.channel_mult} gives {len(self.channel_mult) - 1} halvings, but "
+            raise ValueError(f"vqvae.model.channel_mult={self.channel_mult} gives {len(self.channel_mult) - 1} halvings, but "
                              f"downsample={self.downsample} needs {need}: add levels to channel_mult")
         for c in self.level_channels():
             if c % self.norm_groups:
-                raise ValueError(f"norm_groups={self.norm_groups} does not divide level channels {c}")
+                raise ValueError(f"vqvae.model.norm_groups={self.norm_groups} does not divide level channels {c}")
         if self.attn_blocks and self.level_channels()[-1] % self.attn_heads:
-            raise ValueError(f"attn_heads={self.attn_heads} does not divide {self.level_channels()[-1]} channels")
+            raise ValueError(f"vqvae.model.attn_heads={self.attn_heads} does not divide "
+                             f"{self.level_channels()[-1]} channels")
+
+    def _check_types(self) -> None:
+        """Types and ranges of the plain fields, naming the key (`vqvae.model.codebook_size=0 is not allowed`)."""
+        key = "vqvae.model"
+        checks.choice(f"{key}.arch", self.arch, ("patch", "hierarchical"))
+        for name, minimum in (("base_channels", 1), ("attn_blocks", 0), ("attn_heads", 1), ("codebook_size", 1),
+                              ("embed_dim", 1), ("restart_every", 1), ("norm_groups", 1)):
+            checks.integer(f"{key}.{name}", getattr(self, name), minimum)
+        checks.integers(f"{key}.channel_mult", self.channel_mult, 1)
+        checks.integers(f"{key}.downsample", self.downsample, 1, length=3)
+        if isinstance(self.num_res_blocks, int) or not isinstance(self.num_res_blocks, Sequence):
+            checks.integer(f"{key}.num_res_blocks", self.num_res_blocks, 0)
+        else:
+            checks.integers(f"{key}.num_res_blocks", self.num_res_blocks, 0)
+        checks.boolean(f"{key}.l2_normalize", self.l2_normalize)
+        checks.number(f"{key}.commitment", self.commitment, 0.0)
+        checks.number(f"{key}.ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
 
     def level_channels(self) -> list[int]:
         return [self.base_channels * m for m in self.channel_mult]
@@ -126,11 +147,7 @@ class VQVAEConfig:
     @classmethod
     def from_dict(cls, d) -> "VQVAEConfig":
         """Build from a mapping (e.g. an OmegaConf node); unknown keys are an error naming them."""
-        d = dict(d)
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown VQVAE settings {unknown}; known: {sorted(names)}")
+        d = checks.known_keys("vqvae.model", dict(d), cls)
         return cls(**d)
 
 

@@ -19,7 +19,9 @@ and `vqvae.checkpoint`. Steps:
    ratio = total frame-to-frame change of the reconstructions / that of the originals (a ratio of
    sums, so nearly static clips cannot dominate it).
 
-Writes `--out` (metrics/eval.json): fvd, fvd_bootstrap_std (and percentiles), psnr, ssim,
+Writes `--out` (metrics/eval.json): fvd, fvd_bootstrap_std and fvd_bootstrap_p2_5/p97_5 (the spread by
+half-sampling and a 95% interval at this clip count that contains fvd; osplab.metrics.fvd step 5),
+fvd_debiased (extrapolated to infinitely many clips, with its interval), psnr, ssim,
 flicker_ratio, codebook usage, the protocol record, the checkpoint's sha256 and timings.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ from osplab.data.clips import ClipDataset
 from osplab.io import atomic_write_json, sha256_file
 from osplab.metrics.fvd import load_features, save_features
 from osplab.metrics.sanity import clip_features, fvd_result, fvd_window, usable_clips
+from osplab.metrics.settings import check_eval_settings
 from osplab.metrics.video import psnr, ssim, temporal_flicker
 
 
@@ -126,6 +129,7 @@ def evaluate(cfg, real_cache: str | None, progress: bool = True, i3d=None, vqvae
     from osplab.tasks.vqvae import reconstruct
 
     ecfg, sec, t0 = OmegaConf.to_container(cfg.eval, resolve=True), {}, time.perf_counter()
+    check_eval_settings(ecfg)
     i3d = i3d or load_i3d(ecfg.get("device"))
     ds, indices, n_short, feats_r, cached = real_side(cfg, ecfg, i3d, real_cache, progress)
     sec["real_i3d"] = time.perf_counter() - t0
@@ -149,6 +153,8 @@ def evaluate(cfg, real_cache: str | None, progress: bool = True, i3d=None, vqvae
     usage = codebook_stats(counts)
     return {"fvd": result.fvd, "fvd_bootstrap_std": result.bootstrap_std,
             "fvd_bootstrap_p2_5": result.bootstrap_p2_5, "fvd_bootstrap_p97_5": result.bootstrap_p97_5,
+            "fvd_debiased": result.fvd_debiased, "fvd_debiased_p2_5": result.fvd_debiased_p2_5,
+            "fvd_debiased_p97_5": result.fvd_debiased_p97_5,
             **q, "fvd_kind": "rFVD: real clips vs their VQVAE reconstructions", "clips": len(indices),
             "codebook_usage": usage["usage"], "perplexity": usage["perplexity"], "recon_frames_per_s": fps,
             "real_features_from_cache": cached, "sqrtm_method": result.sqrtm_method,
@@ -164,6 +170,7 @@ def build_real_cache(cfg, real_cache: str, progress: bool = True, i3d=None) -> d
     from osplab.metrics.i3d import load_i3d
 
     ecfg, t0 = OmegaConf.to_container(cfg.eval, resolve=True), time.perf_counter()
+    check_eval_settings(ecfg)
     _, _, n_short, feats, cached = real_side(cfg, ecfg, i3d or load_i3d(ecfg.get("device")), real_cache, progress)
     return {"clips": len(feats), "skipped_real": n_short, "from_cache": cached, "seconds": time.perf_counter() - t0}
 

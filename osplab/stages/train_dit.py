@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     env = init_distributed()
     values = plain(cfg.train_dit)
     values["out_dir"] = str(Path(values["out_dir"]) / args.objective)
-    train_cfg = TrainConfig.from_dict(values)
+    train_cfg = TrainConfig.from_dict(values, prefix="train_dit")
     settings = {k: plain(cfg[k]) for k in ("dit", "diffusion", "train_dit", "text")}
     settings.update(objective=args.objective, seed=cfg.seed)
     inputs = [Path(cfg.vqvae.latents) / "manifest.json", Path(cfg.text.cache) / "manifest.json"]

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cfg = load_params(args.params)
     env = init_distributed()
-    train_cfg = TrainConfig.from_dict(plain(cfg.train_vqvae))
+    train_cfg = TrainConfig.from_dict(plain(cfg.train_vqvae), prefix="train_vqvae")
     claim_run(cfg, train_cfg)
     seed_everything(train_cfg.seed)  # the same initial weights on every rank
     model = VQVAE(VQVAEConfig.from_dict(plain(cfg.vqvae.model)))

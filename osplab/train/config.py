@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from osplab import checks
+
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -51,19 +53,12 @@ class TrainConfig:
         _validate(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        """Build from a plain mapping (e.g. `OmegaConf.to_container(cfg.train)`)."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        missing = [n for n in names if n not in values]
-        if unknown or missing:
-            raise ValueError(
-                f"train config: unknown keys {unknown}, missing keys {missing}; "
-                "valid keys are those of conf/train/default.yaml"
-            )
-        kwargs = dict(values)
-        kwargs["betas"] = tuple(float(b) for b in kwargs["betas"])
-        return cls(**kwargs)
+    def from_dict(cls, values: Mapping[str, Any], prefix: str = "train") -> "TrainConfig":
+        """Build from a plain mapping (e.g. `OmegaConf.to_container(cfg.train)`).
+
+        `prefix` is the config key the values came from (`train_vqvae` for the VQVAE stage), so an
+        error names the key the user typed. Unknown, missing or ill-typed keys raise ValueError."""
+        return cls(**_checked(checks.known_keys(prefix, values, cls), prefix))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy (betas as a list)."""
@@ -91,28 +86,39 @@ class TrainConfig:
         return Path(self.out_dir) / "live"
 
 
-def _validate(cfg: TrainConfig) -> None:
-    """Range checks with messages that name the key and the fix."""
-    positive = ("steps", "global_batch", "micro_batch", "checkpoint_every", "keep_checkpoints",
-                "log_every", "max_nonfinite", "nproc_per_node", "nnodes")
-    for name in positive:
-        if int(getattr(cfg, name)) < 1:
-            raise ValueError(f"train.{name}={getattr(cfg, name)} must be >= 1")
-    for name in ("warmup_steps", "num_workers", "num_threads"):
-        if int(getattr(cfg, name)) < 0:
-            raise ValueError(f"train.{name}={getattr(cfg, name)} must be >= 0")
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"train.precision={cfg.precision!r}; choose one of {PRECISIONS}")
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"train.lr_schedule={cfg.lr_schedule!r}; choose one of {LR_SCHEDULES}")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise ValueError(f"train.ema_decay={cfg.ema_decay} must be in [0, 1)")
-    if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
-        raise ValueError(f"train.betas={cfg.betas} must be two numbers in [0, 1)")
-    if cfg.lr <= 0 or cfg.grad_clip < 0 or cfg.weight_decay < 0 or cfg.adam_eps <= 0:
-        raise ValueError(
-            f"train.lr={cfg.lr}, grad_clip={cfg.grad_clip}, weight_decay={cfg.weight_decay}, "
-            f"adam_eps={cfg.adam_eps}: lr and adam_eps must be > 0, the others >= 0"
-        )
-    if not 0.0 <= cfg.final_lr_ratio <= 1.0:
-        raise ValueError(f"train.final_lr_ratio={cfg.final_lr_ratio} must be in [0, 1]")
+INTS = {"steps": 1, "global_batch": 1, "micro_batch": 1, "checkpoint_every": 1, "keep_checkpoints": 1,
+        "log_every": 1, "max_nonfinite": 1, "nproc_per_node": 1, "nnodes": 1,
+        "warmup_steps": 0, "num_workers": 0, "num_threads": 0, "seed": 0}  # name -> minimum
+BOOLS = ("deterministic", "grad_checkpointing", "fsdp")
+
+
+def _validate(cfg: TrainConfig, prefix: str = "train") -> None:
+    """Type and range checks naming the key (`train.steps='abc' is not allowed; allowed: ...`).
+
+    Values are stored back as plain int/float/bool/tuple (frozen dataclass: object.__setattr__)."""
+    for name, value in _checked(dataclasses.asdict(cfg), prefix).items():
+        object.__setattr__(cfg, name, value)
+
+
+def _checked(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The settings with types and ranges checked; raises ValueError naming `prefix.key`."""
+    out = dict(values)
+    for name, minimum in INTS.items():
+        out[name] = checks.integer(f"{prefix}.{name}", values[name], minimum)
+    for name in BOOLS:
+        out[name] = checks.boolean(f"{prefix}.{name}", values[name])
+    checks.choice(f"{prefix}.precision", values["precision"], PRECISIONS)
+    checks.choice(f"{prefix}.lr_schedule", values["lr_schedule"], LR_SCHEDULES)
+    for name in ("lr", "adam_eps"):
+        out[name] = checks.number(f"{prefix}.{name}", values[name], 0.0, low_open=True)
+    for name in ("grad_clip", "weight_decay"):
+        out[name] = checks.number(f"{prefix}.{name}", values[name], 0.0)
+    out["ema_decay"] = checks.number(f"{prefix}.ema_decay", values["ema_decay"], 0.0, 1.0, high_open=True)
+    out["final_lr_ratio"] = checks.probability(f"{prefix}.final_lr_ratio", values["final_lr_ratio"])
+    betas = checks.sequence(f"{prefix}.betas", values["betas"], length=2)
+    out["betas"] = tuple(checks.number(f"{prefix}.betas[{i}]", b, 0.0, 1.0, high_open=True)
+                         for i, b in enumerate(betas))
+    if not isinstance(values["out_dir"], str) or not values["out_dir"]:
+        raise ValueError(f"{prefix}.out_dir={values['out_dir']!r} is not allowed; allowed: a folder path "
+                         "(non-empty string)")
+    return out

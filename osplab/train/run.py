@@ -42,15 +42,27 @@ def load_configs(conf_dir: Path, overrides: Sequence[str]) -> tuple[TrainConfig,
     return TrainConfig.from_dict(values["train"]), ToyConfig(**values["toy"])
 
 
+def _configs_or_exit(conf_dir: Path, overrides: Sequence[str]) -> tuple[TrainConfig, ToyConfig]:
+    """`load_configs`, but a bad setting exits with one line naming it instead of a traceback."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return load_configs(conf_dir, overrides)
+    except (ValueError, FileNotFoundError, OmegaConfBaseException) as err:
+        line = str(err).strip().splitlines()[0]
+        key = getattr(err, "full_key", None)  # OmegaConf names the key on a later line
+        raise SystemExit(f"error: {line}" + (f": {key}" if key and key not in line else "")) from None
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conf", type=Path, default=DEFAULT_CONF, help="Hydra conf/ directory")
     parser.add_argument("overrides", nargs="*", help="train.KEY=VALUE or toy.KEY=VALUE")
     args = parser.parse_args(argv)
+    train_cfg, toy_cfg = _configs_or_exit(args.conf, args.overrides)
     env = init_distributed()
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
                         format=f"[rank {env.rank}] %(levelname)s %(name)s: %(message)s")
-    train_cfg, toy_cfg = load_configs(args.conf, args.overrides)
     seed_everything(train_cfg.seed)  # identical initial weights on every rank
     metrics = train(train_cfg, build_toy_task(toy_cfg))
     if env.is_main:
