@@ -34,3 +34,32 @@ def save_figure(fig, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def samples_figure(columns: dict[str, list[np.ndarray]], captions: list[str], verdicts: dict[str, list[str]],
+                   frames: int = 4, title: str | None = None):
+    """One block per caption: the caption, then one row per column name (e.g. real / rf / ddpm) of
+    `frames` evenly spaced frames, and that clip's judge verdict in a text column on the right."""
+    import matplotlib.pyplot as plt
+
+    names = list(columns)
+    rows = len(captions) * len(names)
+    fig, axes = plt.subplots(rows, frames + 1, figsize=(1.25 * frames + 3.2, 1.25 * rows + 0.6), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * frames + [2.6]})
+    for c, caption in enumerate(captions):
+        for n, name in enumerate(names):
+            video, r = columns[name][c], c * len(names) + n
+            for k, t in enumerate(np.linspace(0, len(video) - 1, frames).round().astype(int)):
+                axes[r, k].imshow(video[t], interpolation="nearest")
+                axes[r, k].set_xticks([])
+                axes[r, k].set_yticks([])
+            axes[r, 0].set_ylabel(name, fontsize=7)
+            axes[r, -1].axis("off")
+            axes[r, -1].text(0.0, 0.5, "\n".join(verdicts[name][c].split("; ")), fontsize=5.5, va="center",
+                             transform=axes[r, -1].transAxes)
+        axes[c * len(names), 0].set_title(caption, fontsize=7, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    top = 1 - 0.45 / fig.get_figheight()  # room for the title, in inches
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.01, top=top, hspace=0.3, wspace=0.05)
+    return fig

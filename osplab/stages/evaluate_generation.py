@@ -1,0 +1,138 @@
+"""DVC stage `evaluate_generation`: what the generators make, in numbers and in pictures.
+
+    python -m osplab.stages.evaluate_generation [--params params.yaml] [--no-progress]
+
+Inputs: the sample stores of `sample@rf`, `sample@ddpm`, `sample@untrained` (samples/<variant>),
+the cached real I3D features of `eval_real` (the FVD reference set), metrics/eval.json (the VQVAE's
+rFVD), the checkpoints. Writes metrics/generation.json:
+
+- `fvd_rf<steps>`, `fvd_ddpm<steps>`, `fvd_untrained`: FVD of each sample set vs the reference set
+  (protocol record and spread per FVD under `fvd_detail`); `fvd_floor`: the same for as many real
+  test clips (the sampling floor at that clip count); `rfvd_vqvae`: the VQVAE's reconstruction FVD
+  (metrics/eval.json, 128 clips). Floor and rFVD bound what a generator decoded by this VQVAE reaches.
+- `caption_accuracy` (rf samples; `caption_accuracy_<variant>` for each), `caption_accuracy_real`
+  (the same real clips' FVD windows with their own captions), `caption_accuracy_chance` (shuffled
+  captions), `caption_accuracy_recon` (VQVAE reconstructions of those windows: the ceiling).
+- `sample_seconds_16f_<steps>steps`: one 16-frame clip from a caption, decode included (median).
+- `dit_fraction_of_peak`: a DiT training step (fp32) / the fp32 matmul rate, timed interleaved.
+and reports/samples.png: frames of real, RF and DDPM clips under their captions with the verdicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from osplab.bench.dit import dit_step_fraction
+from osplab.bench.timing import Timing
+from osplab.config import load_params
+from osplab.data.clips import ClipDataset
+from osplab.io import atomic_write_json
+from osplab.metrics.judge import caption_accuracy, judge_clips
+from osplab.metrics.sanity import clip_features, fvd_result, fvd_window, usable_clips
+from osplab.stages.evaluate import real_side
+from osplab.stages.sample import load_variant
+from osplab.viz import samples_figure, save_figure
+
+
+def fvd_entry(feats_real, clips: list[np.ndarray], ecfg: dict, i3d, desc: str, progress: bool) -> dict:
+    windows = [fvd_window(v, ecfg["frames"], ecfg["stride"]) for v in clips]
+    result = fvd_result(feats_real, clip_features(windows, i3d, ecfg, desc, progress), ecfg, i3d.weights_sha256)
+    return {"fvd": result.fvd, "std": result.bootstrap_std, "p2_5": result.bootstrap_p2_5,
+            "p97_5": result.bootstrap_p97_5, "clips": len(clips), "protocol": dataclasses.asdict(result.protocol)}
+
+
+def judged(clips: list[np.ndarray], captions: list[str], key: str) -> tuple[dict, list[str]]:
+    """{key: caption accuracy, key_colour / key_shape / key_direction: per fact kind}, verdict lines."""
+    verdicts = judge_clips(clips, captions)
+    summary = caption_accuracy(verdicts)
+    scores = {key: summary["caption_accuracy"]}
+    scores.update({f"{key}_{kind}": summary[f"{kind}_accuracy"] for kind in ("colour", "shape", "direction")})
+    return scores, [v.text for v in verdicts]
+
+
+def one_clip_seconds(gen, caption: str, steps: int, cfg_scale: float, repeats: int, snap: bool) -> float:
+    """Median seconds to make one 16-frame 64x64 clip (text encoding, sampling, decoding)."""
+    times = []
+    for k in range(repeats + 1):
+        t0 = time.perf_counter()
+        gen.generate([caption], 16, 64, 64, steps, cfg_scale, seed=k, snap=snap)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))  # the first call warms up
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    cfg = load_params(args.params)
+    progress, started = not args.no_progress, time.perf_counter()
+    from osplab.metrics.i3d import load_i3d
+    from osplab.stages.encode import load_vqvae
+
+    ecfg = OmegaConf.to_container(cfg.eval, resolve=True)
+    s, ev = cfg.diffusion.sample, cfg.diffusion.evaluate
+    i3d = load_i3d(ecfg.get("device"))
+    _, _, _, feats_real, _ = real_side(cfg, ecfg, i3d, cfg.eval.real_cache, progress, readonly=True)
+    names = {"rf": f"rf{int(s.rf_steps)}", "ddpm": f"ddpm{int(s.ddpm_steps)}", "untrained": "untrained"}
+    samples = {v: ClipDataset(f"samples/{v}", "sample") for v in names}
+    clips = {v: [ds[i]["video"] for i in range(len(ds))] for v, ds in samples.items()}
+    captions = samples["rf"].captions()
+    out, detail, verdicts = {}, {}, {}
+    for v, name in names.items():
+        detail[f"fvd_{name}"] = fvd_entry(feats_real, clips[v], ecfg, i3d, f"I3D {v}", progress)
+        scores, verdicts[v] = judged(clips[v], samples[v].captions(), f"caption_accuracy_{v}")
+        out.update(scores)
+    out["caption_accuracy"] = out["caption_accuracy_rf"]
+
+    # the same real clips' FVD windows: judge ceiling, chance and the VQVAE's ceiling
+    val = ClipDataset(cfg.data.root, cfg.eval.real_split)
+    by_id = {r["id"]: i for i, r in enumerate(val.rows)}
+    real = [fvd_window(val[by_id[r["id"]]]["video"], ecfg["frames"], ecfg["stride"]) for r in samples["rf"].rows]
+    scores, verdicts["real"] = judged(real, captions, "caption_accuracy_real")
+    out.update(scores)
+    shuffled = [captions[j] for j in np.random.default_rng(int(ev.chance_seed)).permutation(len(captions))]
+    out.update(judged(real, shuffled, "caption_accuracy_chance")[0])
+    vqvae = load_vqvae(cfg.vqvae.checkpoint)
+    from osplab.models.vqvae import tensor_to_video, video_to_tensor
+    with torch.no_grad():
+        recon = [tensor_to_video(vqvae.decode(vqvae.encode(video_to_tensor(w))[0]))[0].numpy() for w in real]
+    out.update(judged(recon, captions, "caption_accuracy_recon")[0])
+
+    test = ClipDataset(cfg.data.root, "test")
+    t_idx, _ = usable_clips(test, ecfg["frames"], ecfg["stride"], len(captions), ecfg["seed"])
+    detail["fvd_floor"] = fvd_entry(feats_real, [test[i]["video"] for i in t_idx], ecfg, i3d, "I3D test", progress)
+    out.update({k: d["fvd"] for k, d in detail.items()})
+    out["rfvd_vqvae"] = json.loads(open("metrics/eval.json").read())["fvd"]
+
+    gen = load_variant(cfg, "rf")
+    out[f"sample_seconds_16f_{int(s.rf_steps)}steps"] = one_clip_seconds(
+        gen, captions[0], int(s.rf_steps), float(s.cfg), int(ev.timing_repeats), bool(s.snap_to_codebook))
+    b = ev.bench
+    bench = dit_step_fraction(gen.dit, gen.latent_shape(16, 64, 64)[1:], int(cfg.train_dit.global_batch),
+                              gen.text.encode(captions[:1])[0].shape[1],
+                              Timing(int(b.repeats), int(b.warmup), float(b.min_seconds), int(b.max_repeats)),
+                              int(b.matmul_n))
+    out["dit_fraction_of_peak"] = bench.pop("fraction_of_peak")
+    out.update({"dit_step": bench, "fvd_detail": detail, "clips": len(captions), "seconds": time.perf_counter() - started})
+
+    k = int(ev.figure_clips)
+    fig = samples_figure({"real": real[:k], names["rf"]: clips["rf"][:k], names["ddpm"]: clips["ddpm"][:k]},
+                         captions[:k], {"real": verdicts["real"][:k], names["rf"]: verdicts["rf"][:k],
+                                        names["ddpm"]: verdicts["ddpm"][:k]},
+                         title=f"val captions; real 16-frame windows vs generated (CFG {float(s.cfg):g})")
+    save_figure(fig, "reports/samples.png")
+    atomic_write_json("metrics/generation.json", out)
+    print(json.dumps({k: v for k, v in out.items() if not isinstance(v, dict)}, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
