@@ -21,7 +21,24 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = OmegaConf.load(REPO / "params.yaml")
-STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def expand(stages: dict) -> dict:
+    """dvc.yaml stages with every `foreach`/`do` stage expanded to `name@key` (${item}, ${key})."""
+    out = {}
+    for name, stage in stages.items():
+        if "foreach" not in stage:
+            out[name] = stage
+            continue
+        items = stage["foreach"]
+        pairs = items.items() if isinstance(items, dict) else ((item, item) for item in items)
+        for key, item in pairs:
+            text = json.dumps(stage["do"]).replace("${item}", str(item)).replace("${key}", str(key))
+            out[f"{name}@{key}"] = json.loads(text)
+    return out
+
+
+STAGES = expand(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
 
 
 def resolve(text: str, params=PARAMS) -> str:
