@@ -1,0 +1,117 @@
+"""Stage 2's data path: the text cache, the latent normalisation, the DiT task's batches and losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from osplab.data.latents import LatentDataset, write_latents
+from osplab.data.text_cache import TextCache, check_identity, write_text_cache
+from osplab.tasks.dit import LatentNorm, TextLatents, collate, objective_loss, val_batches
+
+
+class FakeEncoder:
+    """Deterministic stand-in with the TextEncoder interface: token j of caption c is a hash of (c, j)."""
+
+    identity = {"name": "fake", "path": "-", "dim": 4, "max_length": 6, "weights_sha256": "0" * 64}
+    dim = 4
+
+    def encode(self, captions, pad_to_max_length=False):
+        L = self.identity["max_length"]
+        mask = torch.zeros(len(captions), L, dtype=torch.bool)
+        tokens = torch.zeros(len(captions), L, 4)
+        for i, c in enumerate(captions):
+            n = min(len(c.split()) + 2, L)
+            mask[i, :n] = True
+            g = torch.Generator().manual_seed(sum(map(ord, c)))
+            tokens[i, :n] = torch.randn(n, 4, generator=g)
+        return tokens, mask
+
+
+@pytest.fixture()
+def stores(tmp_path):
+    rng = np.random.default_rng(0)
+    codebook = rng.normal(size=(16, 3)).astype(np.float32) * 2 + 0.5
+    shapes = [(2, 2, 2), (2, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2)]
+    records, splits = [], {"train": ([], []), "val": ([], [])}
+    for n, shape in enumerate(shapes * 2):
+        split = "train" if n < len(shapes) else "val"
+        cid, caption = f"{split}{n:02d}", f"clip number {n} " + "word " * (n % 3)
+        records.append((split, rng.integers(0, 16, size=shape), {"id": cid, "caption": caption}))
+        splits[split][0].append(cid)
+        splits[split][1].append(caption)
+    write_latents(tmp_path / "latents", records, codebook, {"vqvae_sha256": "x"})
+    manifest = write_text_cache(tmp_path / "text", FakeEncoder(), splits, batch=3, source={}, progress=False)
+    return tmp_path, manifest
+
+
+def test_text_cache_round_trip_trims_to_the_longest_caption(stores):
+    root, manifest = stores
+    cache = TextCache(root / "text", "train")
+    enc = FakeEncoder()
+    assert manifest["length"] == max(min(len(c.split()) + 2, 6) for c in ["clip number 2 word word"])
+    tokens, mask = cache.lookup(["train02", "train00"])
+    ref_t, ref_m = enc.encode(["clip number 2 word word ", "clip number 0 "])
+    L = manifest["length"]
+    assert torch.equal(tokens, ref_t[:, :L]) and torch.equal(mask, ref_m[:, :L])
+    with pytest.raises(KeyError, match="dvc repro embed_text"):
+        cache.lookup(["nope"])
+    check_identity(cache.identity, enc.identity, "cache")
+    with pytest.raises(ValueError, match="weights_sha256"):
+        check_identity(cache.identity, {**enc.identity, "weights_sha256": "1" * 64}, "cache")
+
+
+def test_latent_norm_equals_a_direct_computation(stores):
+    root, _ = stores
+    latents = LatentDataset(root / "latents", "train")
+    norm = LatentNorm.measure(latents)
+    every = torch.cat([latents.latents(latents[i]["indices"]).flatten() for i in range(len(latents))]).double()
+    assert norm.mean == pytest.approx(float(every.mean()), rel=1e-9)
+    assert norm.scale == pytest.approx(float(every.std(unbiased=False)), rel=1e-9)
+    z = torch.randn(3, 5)
+    assert torch.allclose(norm.denormalize(norm.normalize(z)), z, atol=1e-6)
+
+
+def test_items_batches_and_validation_set(stores):
+    root, _ = stores
+    train = TextLatents(root / "latents", root / "text", "train")
+    item = train[0]
+    assert item["x"].shape == (3, 2, 2, 2) and item["mask"].dtype == torch.bool
+    assert torch.equal(train[3]["x"], train[3]["x"])  # a pure function of the index
+    batch = collate([train[0], train[1]])
+    assert batch["x"].shape == (2, 3, 2, 2, 2) and batch["text"].shape[:2] == batch["mask"].shape
+    val = TextLatents(root / "latents", root / "text", "val", norm=train.norm)
+    a, b = val_batches(val, 3, seed=0), val_batches(val, 3, seed=0)
+    assert sum(len(x["x"]) for x in a) == 3 and len(a) == 2  # round-robin over both shapes
+    assert all(torch.equal(x["noise"], y["noise"]) for x, y in zip(a, b))
+
+
+def test_objective_losses_at_fixed_draws(stores):
+    """With the exact answer the loss is 0; with zero output it is the target's mean square."""
+    root, _ = stores
+    from osplab.config import compose
+
+    cfg = compose([])
+    train = TextLatents(root / "latents", root / "text", "train")
+    batch = collate([train[0], train[1]])
+    noise, t = torch.randn(batch["x"].shape), torch.tensor([0.3, 0.8])
+
+    class Exact(torch.nn.Module):
+        def forward(self, x, tt, text, mask):  # the true velocity of these draws
+            return noise - batch["x"]
+
+    assert float(objective_loss("rf", cfg.diffusion, Exact(), batch, None, t, noise)) == pytest.approx(0, abs=1e-10)
+    zero = lambda x, tt, text, mask: torch.zeros_like(x)  # noqa: E731
+    expected = (noise - batch["x"]).square().mean()
+    assert float(objective_loss("rf", cfg.diffusion, zero, batch, None, t, noise)) == pytest.approx(float(expected))
+    # DDPM: time t is the training index round(t * T); with zero output the loss is the target's mean square
+    from osplab.tasks.dit import make_ddpm
+
+    ddpm = make_ddpm(cfg.diffusion.ddpm)
+    i = torch.tensor([300, 800])
+    a = ddpm.alphas_cumprod[i].float().view(-1, 1, 1, 1, 1)
+    v = a.sqrt() * noise - (1 - a).sqrt() * batch["x"]  # v-prediction target (the default)
+    assert cfg.diffusion.ddpm.prediction == "v"
+    ddpm_loss = objective_loss("ddpm", cfg.diffusion, zero, batch, None, t, noise)
+    assert float(ddpm_loss) == pytest.approx(float(v.square().mean()), rel=1e-5)
