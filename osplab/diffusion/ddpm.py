@@ -221,7 +221,7 @@ class DDPM:
         stochastic = sampler == "ancestral" or eta > 0
         if stochastic and generator is None:
             raise ValueError(f"sampler {sampler!r} with eta={eta} draws noise: pass a torch.Generator")
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         seq = self.timesteps(steps, spacing)
         x, trajectory = noise, [noise]

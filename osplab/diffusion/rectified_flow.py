@@ -130,7 +130,7 @@ def sample(
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is unknown; use one of {SAMPLERS}")
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     grid = time_grid(steps, shift).tolist()
     batch = noise.shape[0]
