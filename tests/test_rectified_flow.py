@@ -61,6 +61,17 @@ def test_loss_at_exact_field_equals_analytic_minimum_on_a_fixed_t_grid():
     assert shifted - got == pytest.approx(0.09, rel=0.05)
 
 
+def test_loss_on_grid_is_the_analytic_curve():
+    g = torch.Generator().manual_seed(11)
+    x0, noise = data(100_000, g), torch.randn(100_000, 4, generator=g, dtype=torch.float64)
+    grid = [0.0, 0.1, 0.5, 0.9, 1.0]
+    curve = rf.loss_on_grid(exact_velocity, x0, noise, grid)
+    t = torch.tensor(grid, dtype=torch.float64)[:, None]
+    expected = (S.square() / ((1 - t) ** 2 * S.square() + t**2)).mean(1)  # s^2 / var(t), mean over dimensions
+    torch.testing.assert_close(curve, expected, rtol=0.015, atol=0)
+    assert torch.equal(curve, rf.loss_on_grid(exact_velocity, x0, noise, grid))  # fixed problems: no randomness
+
+
 def test_loss_with_uniform_t_from_generator_equals_pi_s_over_2():
     g = torch.Generator().manual_seed(2)
     n = 200_000
@@ -162,6 +173,10 @@ def test_bad_inputs_have_clear_errors():
         rf.TimestepSampler("logit_normal", std=0.0)
     with pytest.raises(ValueError, match="pass a torch.Generator"):
         rf.loss(exact_velocity, noise)
+    with pytest.raises(ValueError, match=r"the model returned shape \(2, 1\) for an input of shape \(2, 4\)"):
+        rf.sample(lambda x, t: x[:, :1], noise, 2)
+    with pytest.raises(ValueError, match=r"the model returned shape \(2, 1\)"):
+        rf.loss(lambda x, t: x[:, :1], noise, t=torch.zeros(2), noise=noise)
     with pytest.raises(ValueError, match=r"t must be \(2,\)"):
         rf.loss(exact_velocity, noise, t=torch.zeros(3), noise=noise)
 
