@@ -109,6 +109,18 @@ def test_loss():
         d.loss(zero, x0)
 
 
+def test_loss_on_grid_is_the_analytic_curve():
+    d = DDPM(1000, "cosine", "epsilon")
+    g = torch.Generator().manual_seed(12)
+    x0 = MU + S * torch.randn(100_000, 4, generator=g, dtype=torch.float64)
+    noise = torch.randn(100_000, 4, generator=g, dtype=torch.float64)
+    indices = [0, 250, 500, 900]
+    curve = d.loss_on_grid(gaussian_model(d), x0, noise, indices)
+    ab = d.alphas_cumprod[indices][:, None]
+    expected = (ab * S**2 / (ab * S**2 + 1 - ab)).mean(1)  # Var(eps | x_i) per dimension, mean over dimensions
+    torch.testing.assert_close(curve, expected, rtol=0.015, atol=0)
+
+
 @pytest.mark.parametrize("n", [1, 3, 7, 10, 50, 999, 1000])
 @pytest.mark.parametrize("spacing", ["trailing", "leading"])
 def test_timesteps_match_diffusers(n, spacing):
@@ -200,6 +212,10 @@ def test_bad_inputs_have_clear_errors():
         d.sample(fn, torch.zeros(2, 3), 101)
     with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 100\]"):
         d.sample(fn, torch.zeros(2, 3), 0)
+    with pytest.raises(ValueError, match=r"the model returned shape \(2, 1\) for an input of shape \(2, 3\)"):
+        d.sample(lambda x, t: x[:, :1], torch.zeros(2, 3), 5)
+    with pytest.raises(ValueError, match=r"the model returned shape \(2, 1\)"):
+        d.loss(lambda x, t: x[:, :1], torch.zeros(2, 3), torch.Generator())
     with pytest.raises(ValueError, match="spacing 'linspace' is unknown"):
         d.sample(fn, torch.zeros(2, 3), 5, spacing="linspace")
     with pytest.raises(ValueError, match="sampler 'plms' is unknown"):

@@ -62,3 +62,19 @@ def test_cfg_bad_inputs():
         cfg(model, text, mask, 2.0)(x[:2], t[:2])
     with pytest.raises(ValueError, match="batch of 3 captions"):
         cfg(model, text, mask, 1.0)(x, t[:2])
+
+
+@pytest.mark.parametrize("sampler,calls_per_step", [("euler", 1), ("heun", 2)])
+def test_samplers_drive_a_guided_backbone_on_latent_video_shapes(sampler, calls_per_step):
+    from osplab.diffusion import rectified_flow as rf
+    from osplab.diffusion.ddpm import DDPM
+
+    torch.manual_seed(0)
+    model = CountingBackbone()
+    x, _, text, mask = _inputs()  # x: (B, C, T, H, W) = (3, 4, 2, 3, 3)
+    fn = cfg(model, text, mask, 3.0)
+    out = rf.sample(fn, x, 4, sampler)
+    assert out.shape == x.shape and model.calls == [6] * (4 * calls_per_step)
+    model.calls.clear()
+    out = DDPM(1000, "linear", "v").sample(fn, x, 5, "ancestral", generator=torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and model.calls == [6] * 5

@@ -61,6 +61,17 @@ def test_loss_at_exact_field_equals_analytic_minimum_on_a_fixed_t_grid():
     assert shifted - got == pytest.approx(0.09, rel=0.05)
 
 
+def test_loss_on_grid_is_the_analytic_curve():
+    g = torch.Generator().manual_seed(11)
+    x0, noise = data(100_000, g), torch.randn(100_000, 4, generator=g, dtype=torch.float64)
+    grid = [0.0, 0.1, 0.5, 0.9, 1.0]
+    curve = rf.loss_on_grid(exact_velocity, x0, noise, grid)
+    t = torch.tensor(grid, dtype=torch.float64)[:, None]
+    expected = (S.square() / ((1 - t) ** 2 * S.square() + t**2)).mean(1)  # s^2 / var(t), mean over dimensions
+    torch.testing.assert_close(curve, expected, rtol=0.015, atol=0)
+    assert torch.equal(curve, rf.loss_on_grid(exact_velocity, x0, noise, grid))  # fixed problems: no randomness
+
+
 def test_loss_with_uniform_t_from_generator_equals_pi_s_over_2():
     g = torch.Generator().manual_seed(2)
     n = 200_000
@@ -145,7 +156,7 @@ def test_flow_match_euler_matches_diffusers():
         v = exact_velocity(x_ref, sched.sigmas[i].expand(3))
         x_ref = sched.step(v, timestep, x_ref).prev_sample
     ours = rf.sample(exact_velocity, noise, steps, "euler", shift=shift)
-    torch.testing.assert_close(ours, x_ref, rtol=0, atol=2e-6)
+    torch.testing.assert_close(ours, x_ref, rtol=0, atol=5e-7)  # ~2 float32 ulps at |x| ~ 2 after 12 steps
 
 
 def test_bad_inputs_have_clear_errors():
@@ -162,5 +173,56 @@ def test_bad_inputs_have_clear_errors():
         rf.TimestepSampler("logit_normal", std=0.0)
     with pytest.raises(ValueError, match="pass a torch.Generator"):
         rf.loss(exact_velocity, noise)
+    with pytest.raises(ValueError, match=r"the model returned shape \(2, 1\) for an input of shape \(2, 4\)"):
+        rf.sample(lambda x, t: x[:, :1], noise, 2)
+    with pytest.raises(ValueError, match=r"the model returned shape \(2, 1\)"):
+        rf.loss(lambda x, t: x[:, :1], noise, t=torch.zeros(2), noise=noise)
     with pytest.raises(ValueError, match=r"t must be \(2,\)"):
         rf.loss(exact_velocity, noise, t=torch.zeros(3), noise=noise)
+
+
+# ---- the 2-D toy of notebooks/03_rectified_flow.ipynb (osplab.diffusion.toy) ----------------------------------
+
+
+def test_toy_data():
+    from osplab.diffusion.toy import toy_data
+
+    blobs = toy_data("blobs", 20_000, torch.Generator().manual_seed(0))
+    assert blobs.shape == (20_000, 2) and blobs.dtype == torch.float32
+    right = blobs[:, 0] > 0
+    assert right.float().mean().item() == pytest.approx(0.5, abs=0.02)
+    torch.testing.assert_close(blobs[right].mean(0), torch.tensor([2.0, 0.0]), rtol=0, atol=0.01)
+    torch.testing.assert_close(blobs[right].std(0), torch.tensor([0.25, 0.25]), rtol=0.03, atol=0)
+    ring = toy_data("ring", 20_000, torch.Generator().manual_seed(0))
+    radius = ring.norm(dim=1)
+    assert radius.mean().item() == pytest.approx(2.0, abs=0.005) and radius.std().item() == pytest.approx(0.1, rel=0.03)
+    assert torch.equal(toy_data("ring", 5, torch.Generator().manual_seed(1)), toy_data("ring", 5, torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="toy data kind 'moons' is unknown"):
+        toy_data("moons", 5, torch.Generator())
+
+
+def test_bend_and_energy_distance():
+    from osplab.diffusion.toy import bend, energy_distance
+
+    line = torch.linspace(0, 1, 6)[:, None, None] * torch.tensor([[3.0, 4.0]])  # (6, 1, 2): a straight path
+    corner = torch.tensor([[[0.0, 0.0]], [[1.0, 0.0]], [[1.0, 1.0]]])  # chord sqrt(2), path length 2
+    assert bend(line).abs().item() < 1e-6
+    assert bend(corner).item() == pytest.approx(1 - math.sqrt(2) / 2)
+    assert bend(torch.cat([line[[0, 5]], line[[0, 5]]], 1)).shape == (2,)
+    pts = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    assert energy_distance(pts, pts) == pytest.approx(0.0, abs=1e-12)
+    assert energy_distance(torch.zeros(1, 2), torch.tensor([[3.0, 4.0]])) == pytest.approx(10.0)  # 2 * distance
+
+
+def test_toy_training_learns_the_flow():
+    from osplab.diffusion.toy import ToyMLP, energy_distance, toy_data, train_toy
+
+    torch.manual_seed(0)
+    model = ToyMLP()
+    assert model(torch.zeros(3, 2), torch.rand(3)).shape == (3, 2)
+    losses = train_toy(model, rf.loss, "blobs", 300, torch.Generator().manual_seed(1))
+    assert len(losses) == 300 and sum(losses[-50:]) / 50 < 0.7 * sum(losses[:10]) / 10
+    data = toy_data("blobs", 1000, torch.Generator().manual_seed(2))
+    noise = torch.randn(1000, 2, generator=torch.Generator().manual_seed(3))
+    samples = rf.sample(model, noise, 10)
+    assert energy_distance(samples, data) < 0.1 * energy_distance(noise, data)

@@ -156,12 +156,20 @@ class DDPM:
         if i.shape != (batch,) or noise.shape != x0.shape:
             raise ValueError(f"i must be ({batch},) and noise {tuple(x0.shape)}; got {tuple(i.shape)}, {tuple(noise.shape)}")
         pred = fn(self.add_noise(x0, noise, i), self.model_time(i))
+        if pred.shape != x0.shape:
+            raise ValueError(f"the model returned shape {tuple(pred.shape)} for an input of shape {tuple(x0.shape)}")
         per_sample = (pred - self.target(x0, noise, i)).square().flatten(1).mean(1)
         if weights is None:
             return per_sample.mean()
         if weights.shape != (batch,):
             raise ValueError(f"weights must have shape ({batch},), got {tuple(weights.shape)}")
         return (weights.to(per_sample.dtype) * per_sample).mean()
+
+    @torch.no_grad()
+    def loss_on_grid(self, fn: PredictFn, x0: torch.Tensor, noise: torch.Tensor, indices) -> torch.Tensor:
+        """The loss at each fixed step index of `indices` (K ints) on fixed x0 and noise (B, ...) -> (K,)."""
+        batch = x0.shape[0]
+        return torch.stack([self.loss(fn, x0, i=torch.full((batch,), int(k), device=x0.device), noise=noise) for k in indices])
 
     # ---- sampling -------------------------------------------------------------------------------
     def timesteps(self, steps: int, spacing: str = "trailing") -> list[int]:
@@ -221,13 +229,15 @@ class DDPM:
         stochastic = sampler == "ancestral" or eta > 0
         if stochastic and generator is None:
             raise ValueError(f"sampler {sampler!r} with eta={eta} draws noise: pass a torch.Generator")
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         seq = self.timesteps(steps, spacing)
         x, trajectory = noise, [noise]
         for k in tqdm(range(steps), desc=f"ddpm {sampler}", disable=not progress):
             i, i_prev = seq[k], (seq[k + 1] if k + 1 < steps else -1)
             out = fn(x, self.model_time(torch.full((x.shape[0],), i, device=x.device)))
+            if out.shape != x.shape:
+                raise ValueError(f"the model returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}")
             if sampler == "ddim":
                 x = self.ddim_step(out, x, i, i_prev, eta, generator)
             else:

@@ -87,13 +87,32 @@ def loss(
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     if t.shape != (batch,) or noise.shape != x0.shape:
         raise ValueError(f"t must be ({batch},) and noise {tuple(x0.shape)}; got {tuple(t.shape)}, {tuple(noise.shape)}")
-    pred = fn(interpolate(x0, noise, t), t)
+    pred = _checked(fn(interpolate(x0, noise, t), t), x0)
     per_sample = (pred - (noise - x0)).square().flatten(1).mean(1)  # (B,)
     if weights is None:
         return per_sample.mean()
     if weights.shape != (batch,):
         raise ValueError(f"weights must have shape ({batch},), got {tuple(weights.shape)}")
     return (weights.to(per_sample.dtype) * per_sample).mean()
+
+
+@torch.no_grad()
+def loss_on_grid(fn: VelocityFn, x0: torch.Tensor, noise: torch.Tensor, grid) -> torch.Tensor:
+    """The loss at each fixed time of `grid` (K floats in [0, 1]) on fixed x0 and noise (B, ...) -> (K,).
+
+    A validation signal that does not move with the random t of training: with the same x0, noise
+    and grid, two checkpoints are compared on exactly the same problems, and the curve shows at
+    which noise levels a model is good or bad.
+    """
+    batch = x0.shape[0]
+    return torch.stack([loss(fn, x0, t=torch.full((batch,), float(t), device=x0.device), noise=noise) for t in grid])
+
+
+def _checked(pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The model must return x's shape: a broadcastable shape would silently give a wrong loss or sample."""
+    if pred.shape != x.shape:
+        raise ValueError(f"the model returned shape {tuple(pred.shape)} for an input of shape {tuple(x.shape)}")
+    return pred
 
 
 def time_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -130,7 +149,7 @@ def sample(
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is unknown; use one of {SAMPLERS}")
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     grid = time_grid(steps, shift).tolist()
     batch = noise.shape[0]
@@ -139,11 +158,11 @@ def sample(
     for i in tqdm(range(steps), desc=f"rf {sampler}", disable=not progress):
         t_cur = torch.full((batch,), grid[i], dtype=noise.dtype, device=noise.device)
         dt = grid[i + 1] - grid[i]  # negative: time runs from noise to data
-        v = fn(x, t_cur)
+        v = _checked(fn(x, t_cur), x)
         x_next = x + dt * v
         if sampler == "heun":
             t_next = torch.full_like(t_cur, grid[i + 1])
-            x_next = x + dt * 0.5 * (v + fn(x_next, t_next))
+            x_next = x + dt * 0.5 * (v + _checked(fn(x_next, t_next), x))
         x = x_next
         if return_trajectory:
             trajectory.append(x)
