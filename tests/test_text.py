@@ -87,3 +87,15 @@ def test_conf_dim_is_checked_against_the_encoder():
     assert encoder_from_conf(text, "cpu").dim == text.dim == 384
     with pytest.raises(ValueError, match="text.dim=512 .* hidden size 384"):
         encoder_from_conf({**text, "dim": 512}, "cpu")
+
+
+def test_encoder_output_feeds_the_dit(enc):
+    """The stage-2 contract end to end: encoder tokens and mask go straight into the DiT."""
+    from osplab.models.dit import DiT, DiTConfig
+
+    cfg = DiTConfig.from_dict(dict(preset="tiny", in_channels=4, text_dim=enc.dim, width=32, depth=1, heads=2,
+                                   layout="full", backend="sdpa", sparse_k=2, qk_norm=False,
+                                   caption_dropout=0.0, seed=0))
+    tokens, mask = enc.encode([SHORT, LONG])
+    x = torch.randn(2, 4, 2, 4, 4)
+    assert DiT(cfg)(x, torch.rand(2), tokens, mask).shape == x.shape
