@@ -99,3 +99,8 @@ def test_encoder_output_feeds_the_dit(enc):
     tokens, mask = enc.encode([SHORT, LONG])
     x = torch.randn(2, 4, 2, 4, 4)
     assert DiT(cfg)(x, torch.rand(2), tokens, mask).shape == x.shape
+
+
+def test_max_length_beyond_the_positions_is_an_error():
+    with pytest.raises(ValueError, match="max_length=513 exceeds the 512 positions"):
+        TextEncoder("minilm", max_length=513, device="cpu")
