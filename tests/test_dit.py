@@ -198,3 +198,10 @@ def test_bad_inputs_are_clear_errors():
         model(x, t[:1], text, mask)
     with pytest.raises(ValueError, match="latents"):
         model(x[:, :3], t, text, mask)
+
+
+def test_half_precision_text_tokens_are_accepted():
+    model = randomize_(DiT(small_cfg()))
+    x, t, text, mask = inputs()
+    ref = model(x, t, text.half().float(), mask)
+    torch.testing.assert_close(model(x, t, text.half(), mask), ref)

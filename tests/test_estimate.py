@@ -91,11 +91,11 @@ def saved_activation_bytes(model, args, bf16: bool) -> int:
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout, backend", [(lay, "sdpa") for lay in LAYOUTS] + [("full", "eager")])
 @pytest.mark.parametrize("bf16", [False, True])
-def test_activation_bytes_match_saved_tensors(layout, bf16):
+def test_activation_bytes_match_saved_tensors(layout, backend, bf16):
     thw = (4, 8, 8)
-    cfg = cfg_for(layout=layout)
+    cfg = cfg_for(layout=layout, backend=backend)
     model = DiT(cfg)
     measured = {B: saved_activation_bytes(model, inputs(B, thw), bf16) for B in (2, 4)}
     slope = (measured[4] - measured[2]) / 2  # per sample: weight casts and other constants cancel

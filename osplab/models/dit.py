@@ -160,7 +160,8 @@ class CrossDiTBlock(DiTBlock):
         self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
         self.cross = CrossAttention(dim, heads, qk_norm)
 
-    def forward(self, x, c, ctx, ctx_mask):  # type: ignore[override]
+    def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: torch.Tensor,  # type: ignore[override]
+                ctx_mask: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # (B, W) each
         x = x + gate1[:, None, None] * self.attn(modulate(self.norm1(x), shift1, scale1))  # (B, T, S, W)
         x = x + self.cross(self.norm_cross(x), ctx, ctx_mask)  # (B, T, S, W)

@@ -104,6 +104,7 @@ class TextConditioner(nn.Module):
     def forward(self, text: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor):
         """drop: (B,) bool, samples to replace by the null caption. Returns (B, L, width), (B, L), (B, width)."""
         B, L, _ = text.shape
+        text = text.to(self.null.dtype)  # a half-precision token cache meets fp32 weights (autocast recasts)
         null = ~mask.any(dim=1) | drop  # (B,)
         first = torch.arange(L, device=mask.device) == 0  # (L,)
         mask = torch.where(null[:, None], first[None], mask)  # (B, L): null samples keep one token

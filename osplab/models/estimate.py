@@ -15,7 +15,7 @@ baddbmm_ of the sparse kernel); the test counts them with torch's own formulas.
 
 Activation memory: the bytes of the tensors that autograd saves for backward (what a training
 step holds at the end of the forward), per op as the sdpa path saves them (flash attention: no
-N x N matrix). Per token and block, in units of the width W: block input, LayerNorm outputs,
+N x N matrix; the `eager` reference backend keeps its N x N probabilities and masks, counted too). Per token and block, in units of the width W: block input, LayerNorm outputs,
 adaLN-modulated inputs, q/k/v, attention outputs and the gated branch outputs (24 W for
 `full` with an MLP ratio of 4), plus LayerNorm statistics and log-sum-exps; the layouts that copy
 (temporal, factorized, sparse) add theirs. A test checks the total against the saved tensors of a
@@ -113,11 +113,14 @@ def _attention_saved(cfg: DiTConfig, layout: str, grid, a: int) -> float:
     """Bytes per token saved by one self-attention op (q/k/v, output and the layout's copies)."""
     T, H, W_ = grid
     S, W, f32 = H * W_, cfg.width, 4
+    if cfg.backend == "eager":  # q, k, v and output copies, and the dense softmax over all N keys
+        return 4 * W * a + cfg.heads * T * S * a
     saved = 4 * W * a + cfg.heads * f32  # q, k, v (views of the qkv output), output; log-sum-exp
     if layout == "temporal":
         saved += W * a  # the output is folded back to (B, T, S, W) for the projection: a copy
     if layout == "sparse" and cfg.backend != "eager" and other_frames(T, cfg.sparse_k):
-        n_a, share = len(anchor_frames(T, cfg.sparse_k)), 1.0 if S <= ALL_FRAMES_MAX_S else len(other_frames(T, cfg.sparse_k)) / T
+        n_a = len(anchor_frames(T, cfg.sparse_k))
+        share = 1.0 if S <= ALL_FRAMES_MAX_S else len(other_frames(T, cfg.sparse_k)) / T  # rows part 2 runs on
         saved += 2 * W * a * n_a / T + W * a  # anchor keys/values copies, output copy for the projection
         part2 = max(a, f32)  # split-KV part 2 runs in float32 at least
         saved += share * (3 * W * part2 + S * cfg.heads * part2)  # own-frame q, k, v and probabilities
@@ -147,7 +150,8 @@ def activation_bytes(cfg: DiTConfig, latent_thw, text_len: int, batch: int, bf16
         blocks = cfg.depth * N * W * a + per_sample_block
     else:
         blocks = cfg.depth * per_sample_block
-    return batch * (blocks + embed + final)
+    eager_masks = cfg.depth * len(ops) * N * N if cfg.backend == "eager" else 0  # one bool (N, N) per op
+    return batch * (blocks + embed + final) + eager_masks
 
 
 def autocast_weight_bytes(cfg: DiTConfig) -> int:

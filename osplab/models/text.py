@@ -90,6 +90,10 @@ class TextEncoder:
         self.model = model_cls.from_pretrained(self.path, local_files_only=True).to(self.device).eval()
         self.model.requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)
+        limit = getattr(self.model.config, "max_position_embeddings", None)  # None: relative positions (T5)
+        if limit is not None and max_length > limit:
+            raise ValueError(f"text.max_length={max_length} exceeds the {limit} positions of encoder {name!r}; "
+                             f"set text.max_length <= {limit}")
         self._identity: dict | None = None
 
     @property
