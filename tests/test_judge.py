@@ -154,3 +154,27 @@ def test_cli_on_a_store(tmp_path, synth_cfg, capsys):
     shuffled = J.main([str(root), "val", "--shuffle-seed", "1", "--limit", "10"])
     assert shuffled["clips"] == 10 and shuffled["caption_accuracy"] < own["caption_accuracy"] - 0.4
     assert '"shuffle_seed": 1' in capsys.readouterr().out
+
+
+def test_cli_judges_vqvae_reconstructions(tmp_path, synth_cfg, smoke_cfg):
+    """--vqvae swaps the clips for their reconstructions: an untrained tiny VQVAE decodes no caption."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from osplab.io import sha256_file
+    from osplab.models.vqvae import VQVAE, VQVAEConfig
+    from osplab.train.checkpoint import save_tensors_atomic
+
+    root = tmp_path / "raw"
+    generate_store(root, replace(synth_cfg, num_clips={"val": 6}), shard_size=8, progress=False)
+    conf = OmegaConf.to_container(smoke_cfg.vqvae.model, resolve=True)
+    with torch.random.fork_rng():          # seeded weights without touching the caller's global stream
+        torch.manual_seed(0)
+        model = VQVAE(VQVAEConfig.from_dict(conf))
+    ckpt = tmp_path / "vqvae.safetensors"
+    save_tensors_atomic(model.state_dict(), ckpt, metadata={"config": json.dumps(conf)})
+    own = J.main([str(root), "val", "--show", "0"])
+    recon = J.main([str(root), "val", "--vqvae", str(ckpt), "--show", "0"])
+    assert own["clips_from"] == "store" and recon["clips_from"] == "vqvae reconstructions"
+    assert recon["vqvae_sha256"] == sha256_file(ckpt) and recon["clips"] == 6
+    assert recon["caption_accuracy"] < own["caption_accuracy"] - 0.5

@@ -25,7 +25,7 @@ Per clip (frames uint8 (T, H, W, 3)):
    bouncing object (captioned with its initial direction) is read before it bounces.
 
 `caption_accuracy` = fraction of the caption's facts the clip shows (speed and size are not judged).
-CLI: python -m osplab.metrics.judge ROOT SPLIT [--shuffle-seed N] [--limit N] [--out FILE]
+CLI: python -m osplab.metrics.judge ROOT SPLIT [--shuffle-seed N] [--limit N] [--vqvae CKPT] [--out FILE]
 """
 
 from __future__ import annotations
@@ -296,22 +296,39 @@ def caption_accuracy(verdicts: list[Verdict]) -> dict:
     return out
 
 
-def judge_store(root, split: str, shuffle_seed: int | None = None, limit: int | None = None,
-                progress: bool = False) -> tuple[dict, list[Verdict]]:
-    """Judge the clips of a store split against their own captions, or against captions shuffled
-    among them with `shuffle_seed` (the chance level). Returns (summary, verdicts)."""
-    from tqdm.auto import tqdm
-
+def store_clips(root, split: str, limit: int | None = None, vqvae: str | None = None) -> tuple[list, list[str], dict]:
+    """The first `limit` clips of a store split (all if None) and their captions; with `vqvae` (a
+    safetensors file written by train_vqvae) the clips are replaced by their reconstructions.
+    Returns (clips: list of uint8 (T, H, W, 3), captions, provenance dict for the summary)."""
     from osplab.data.clips import ClipDataset
+    from osplab.io import sha256_file
 
     ds = ClipDataset(root, split)
     n = len(ds) if limit is None else min(int(limit), len(ds))
     captions = [ds.rows[i]["caption"] for i in range(n)]
+    if vqvae is None:
+        return [ds[i]["video"] for i in range(n)], captions, {"clips_from": "store"}
+    from osplab.stages.encode import load_vqvae
+    from osplab.tasks.vqvae import reconstruct
+
+    _, fake, _, _ = reconstruct(load_vqvae(vqvae), ds, n)
+    return fake, captions, {"clips_from": "vqvae reconstructions", "vqvae": str(vqvae),
+                            "vqvae_sha256": sha256_file(vqvae)}
+
+
+def judge_store(root, split: str, shuffle_seed: int | None = None, limit: int | None = None,
+                progress: bool = False, vqvae: str | None = None) -> tuple[dict, list[Verdict]]:
+    """Judge the clips of a store split (or their VQVAE reconstructions, see `store_clips`) against
+    their own captions, or against captions shuffled among them with `shuffle_seed` (chance level).
+    Returns (summary, verdicts)."""
+    from tqdm.auto import tqdm
+
+    clips, captions, source = store_clips(root, split, limit, vqvae)
     if shuffle_seed is not None:
-        captions = [captions[j] for j in np.random.default_rng(shuffle_seed).permutation(n)]
-    verdicts = [judge_clip(ds[i]["video"], captions[i])
-                for i in tqdm(range(n), desc=f"judge {split}", unit="clip", disable=not progress)]
-    summary = {**caption_accuracy(verdicts), "root": str(root), "split": split, "shuffle_seed": shuffle_seed}
+        captions = [captions[j] for j in np.random.default_rng(shuffle_seed).permutation(len(captions))]
+    verdicts = [judge_clip(clip, caption) for clip, caption in
+                tqdm(zip(clips, captions), total=len(clips), desc=f"judge {split}", unit="clip", disable=not progress)]
+    summary = {**caption_accuracy(verdicts), "root": str(root), "split": split, "shuffle_seed": shuffle_seed, **source}
     return summary, verdicts
 
 
@@ -321,10 +338,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("split", help="train | val | test")
     ap.add_argument("--shuffle-seed", type=int, default=None, help="pair clips with shuffled captions (chance level)")
     ap.add_argument("--limit", type=int, default=None, help="judge only the first N clips")
+    ap.add_argument("--vqvae", default=None, help="judge the reconstructions by this VQVAE (e.g. checkpoints/vqvae.safetensors)")
     ap.add_argument("--out", help="write the summary and per-clip verdicts as JSON here")
     ap.add_argument("--show", type=int, default=5, help="print this many failing verdicts")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    summary, verdicts = judge_store(args.root, args.split, args.shuffle_seed, args.limit, progress=True)
+    summary, verdicts = judge_store(args.root, args.split, args.shuffle_seed, args.limit, progress=True, vqvae=args.vqvae)
     print(json.dumps(summary, indent=1))
     for v in [v for v in verdicts if v.accuracy < 1][:args.show]:
         print(f"- {v.caption}\n    {v.text}")
