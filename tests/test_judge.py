@@ -120,13 +120,15 @@ def test_blocky_degradation_keeps_colour_and_direction(clips):
     assert summary["colour_accuracy"] >= 0.95 and summary["direction_accuracy"] >= 0.9, summary
 
 
-def test_distractor_blobs_and_noise():
+@pytest.mark.parametrize("first", [0, 1])
+def test_distractor_blobs_and_noise(first):
     rng = np.random.default_rng(0)
-    clip = scene([{"shape": "circle", "colour": "green", "size": "large", "start": (40, 36), "step": (0, 1)}],
+    clip = scene([{"shape": "circle", "colour": "green", "size": "large", "start": (40, 16), "step": (0, 1)}],
                  frames=12).astype(np.float64)
-    # a larger green blob up-left, flickering in every third frame from frame 1: taking the largest
-    # region per frame would jump to it and read "up" or "left"; tracking the object keeps "right"
-    clip[1::3, 2:22, 2:24] = COLOURS["green"]
+    # a larger green blob right of the object, flickering in every third frame from `first`: taking
+    # the largest region per frame (or the largest of frame 0) jumps between the two and reads "left";
+    # tracking the plausibly moving region keeps "right"
+    clip[first::3, 30:52, 40:62] = COLOURS["green"]
     clip = np.clip(clip + rng.normal(0, 10, clip.shape), 0, 255).astype(np.uint8)
     verdict = J.judge_clip(clip, "a large green circle moves right slowly")
     assert verdict.accuracy == 1.0, verdict.text
@@ -154,3 +156,27 @@ def test_cli_on_a_store(tmp_path, synth_cfg, capsys):
     shuffled = J.main([str(root), "val", "--shuffle-seed", "1", "--limit", "10"])
     assert shuffled["clips"] == 10 and shuffled["caption_accuracy"] < own["caption_accuracy"] - 0.4
     assert '"shuffle_seed": 1' in capsys.readouterr().out
+
+
+def test_cli_judges_vqvae_reconstructions(tmp_path, synth_cfg, smoke_cfg):
+    """--vqvae swaps the clips for their reconstructions: an untrained tiny VQVAE decodes no caption."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from osplab.io import sha256_file
+    from osplab.models.vqvae import VQVAE, VQVAEConfig
+    from osplab.train.checkpoint import save_tensors_atomic
+
+    root = tmp_path / "raw"
+    generate_store(root, replace(synth_cfg, num_clips={"val": 6}), shard_size=8, progress=False)
+    conf = OmegaConf.to_container(smoke_cfg.vqvae.model, resolve=True)
+    with torch.random.fork_rng():          # seeded weights without touching the caller's global stream
+        torch.manual_seed(0)
+        model = VQVAE(VQVAEConfig.from_dict(conf))
+    ckpt = tmp_path / "vqvae.safetensors"
+    save_tensors_atomic(model.state_dict(), ckpt, metadata={"config": json.dumps(conf)})
+    own = J.main([str(root), "val", "--show", "0"])
+    recon = J.main([str(root), "val", "--vqvae", str(ckpt), "--show", "0"])
+    assert own["clips_from"] == "store" and recon["clips_from"] == "vqvae reconstructions"
+    assert recon["vqvae_sha256"] == sha256_file(ckpt) and recon["clips"] == 6
+    assert recon["caption_accuracy"] < own["caption_accuracy"] - 0.5

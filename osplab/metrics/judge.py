@@ -13,9 +13,9 @@ Per clip (frames uint8 (T, H, W, 3)):
    median of the clip's dark pixels). A pixel gets the colour of smallest blend residual among those
    with coverage a >= MIN_ALPHA, if that residual is below half the closest palette distance. The
    low MIN_ALPHA keeps small objects that a blocky decoder smears over several 8x8 cells.
-2. Objects are found by colour: per frame the connected regions of that colour; the object is the
-   largest in its first frame, then the region nearest its last position (a decoded clip may show
-   extra blobs). Missing or too small in most frames -> the colour fact fails, and so do the shape
+2. Objects are found by colour: per frame the connected regions of that colour, followed from
+   frame to frame by nearest position; a decoded clip may show extra blobs, so the object is the
+   track that moves plausibly in the most frames. Missing or too small in most frames -> the colour fact fails, and so do the shape
    and direction facts of that object.
 3. Shape: nearest prototype in (soft fill ratio of the bounding box: square 1, circle pi/4,
    triangle 1/2; skewness of the vertical mass: 0, 0, -0.57 for an apex-up triangle), median over
@@ -25,7 +25,7 @@ Per clip (frames uint8 (T, H, W, 3)):
    bouncing object (captioned with its initial direction) is read before it bounces.
 
 `caption_accuracy` = fraction of the caption's facts the clip shows (speed and size are not judged).
-CLI: python -m osplab.metrics.judge ROOT SPLIT [--shuffle-seed N] [--limit N] [--out FILE]
+CLI: python -m osplab.metrics.judge ROOT SPLIT [--shuffle-seed N] [--limit N] [--vqvae CKPT] [--out FILE]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from osplab.data.synthetic import COLOURS, DIRECTIONS, SHAPES, SIZES
+from osplab.data.synthetic import COLOURS, DIRECTIONS, SHAPES, SIZES, SPEEDS
 
 KINDS = ("colour", "shape", "direction")
 PALETTE = np.asarray([COLOURS[c] for c in COLOURS], dtype=np.float32)       # (K, 3)
@@ -57,6 +57,7 @@ PRESENT_FRACTION = 0.5     # ... in at least half the frames for the colour to c
 # a triangle's width grows linearly from apex to base, a right-triangular density: skew -2 sqrt(2) / 5.
 SHAPE_FEATURES = {"circle": (np.pi / 4, 0.0), "square": (1.0, 0.0), "triangle": (0.5, -2.0 * np.sqrt(2.0) / 5.0)}
 WHOLE_FRACTION = 0.8       # a view is whole if its area is >= 0.8 x the clip's 90th-percentile area
+JUMP_SLACK = 3.0           # a tracked object moves at most 3x the fastest caption speed per frame
 MIN_STEP_PX = 0.5          # smallest displacement that counts as motion (slow objects move >= 0.75 px/frame)
 
 
@@ -171,29 +172,55 @@ def region_features(region: np.ndarray, cover: np.ndarray, others: np.ndarray) -
             "pixels": int(region.sum()), "touches": bool((grown & others).any())}
 
 
-def regions(labels: np.ndarray, k: int, cover: np.ndarray, min_pixels: float) -> list[dict | None]:
-    """Per frame, `region_features` of the region of colour k that tracks the object, or None.
+def candidates(labels: np.ndarray, k: int, cover: np.ndarray, min_pixels: float) -> list[list[dict]]:
+    """Per frame, `region_features` of the 8-connected regions of colour k that could be the object:
+    at least `min_pixels` pixels and at least half as large as the frame's largest, largest first.
 
-    labels (T, H, W) from `colour_labels`, cover (T, H, W) the coverage of colour k. Candidates are
-    the 8-connected regions of at least `min_pixels` pixels; a decoded clip may show several blobs of
-    one colour, so the object is the largest candidate in its first frame and afterwards the candidate
-    nearest to its previous position among those at least half as large as the frame's largest.
+    labels (T, H, W) from `colour_labels`, cover (T, H, W) the coverage of colour k.
     """
-    out, last = [], None
+    out = []
     for t in range(labels.shape[0]):
         lab, n = ndimage.label(labels[t] == k, structure=np.ones((3, 3), dtype=bool))
         sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
         ids = [i for i in np.argsort(-sizes, kind="stable") if sizes[i] >= min_pixels]
-        if not ids:
-            out.append(None)
-            continue
         others = (labels[t] >= 0) & (labels[t] != k)
-        cands = [region_features(lab == 1 + i, cover[t], others) for i in ids if sizes[i] >= 0.5 * sizes[ids[0]]]
-        if last is not None:
-            cands.sort(key=lambda r: np.hypot(r["centroid"][0] - last[0], r["centroid"][1] - last[1]))
-        out.append(cands[0])
-        last = cands[0]["centroid"]
+        out.append([region_features(lab == 1 + i, cover[t], others) for i in ids if sizes[i] >= 0.5 * sizes[ids[0]]])
     return out
+
+
+def follow(cands: list[list[dict]], start: int, first: dict, gate: float) -> tuple[list[dict | None], int]:
+    """Track from region `first` of frame `start`: each later frame takes the candidate nearest the
+    last position. Returns (region per frame, None before `start` or where there is none; support =
+    the frames whose pick lies within `gate` px per elapsed frame of the last position)."""
+    track, support, last, when = [None] * start + [first], 0, first["centroid"], start
+    for t in range(start + 1, len(cands)):
+        if not cands[t]:
+            track.append(None)
+            continue
+        dist = [np.hypot(r["centroid"][0] - last[0], r["centroid"][1] - last[1]) for r in cands[t]]
+        pick = int(np.argmin(dist))
+        support += dist[pick] <= gate * (t - when)
+        track.append(cands[t][pick])
+        last, when = cands[t][pick]["centroid"], t
+    return track, support
+
+
+def regions(labels: np.ndarray, k: int, cover: np.ndarray, min_pixels: float) -> list[dict | None]:
+    """Per frame, `region_features` of the region of colour k that tracks the object, or None.
+
+    A decoded clip may show several blobs of one colour, some only in a few frames. Each candidate of
+    the first frame that has any starts a track (`follow`); the object is the track that moves
+    plausibly (within JUMP_SLACK x the fastest caption speed per frame) in the most frames, then the
+    larger start.
+    """
+    cands = candidates(labels, k, cover, min_pixels)
+    start = next((t for t, c in enumerate(cands) if c), None)
+    if start is None:
+        return [None] * len(cands)
+    gate = JUMP_SLACK * max(SPEEDS.values()) * min(labels.shape[1:]) / 64.0
+    tracks = [follow(cands, start, c, gate) for c in cands[start]]
+    best = max(range(len(tracks)), key=lambda i: (tracks[i][1], cands[start][i]["area"]))
+    return tracks[best][0]
 
 
 def classify_shape(fill: float, skew: float) -> str:
@@ -296,22 +323,39 @@ def caption_accuracy(verdicts: list[Verdict]) -> dict:
     return out
 
 
-def judge_store(root, split: str, shuffle_seed: int | None = None, limit: int | None = None,
-                progress: bool = False) -> tuple[dict, list[Verdict]]:
-    """Judge the clips of a store split against their own captions, or against captions shuffled
-    among them with `shuffle_seed` (the chance level). Returns (summary, verdicts)."""
-    from tqdm.auto import tqdm
-
+def store_clips(root, split: str, limit: int | None = None, vqvae: str | None = None) -> tuple[list, list[str], dict]:
+    """The first `limit` clips of a store split (all if None) and their captions; with `vqvae` (a
+    safetensors file written by train_vqvae) the clips are replaced by their reconstructions.
+    Returns (clips: list of uint8 (T, H, W, 3), captions, provenance dict for the summary)."""
     from osplab.data.clips import ClipDataset
+    from osplab.io import sha256_file
 
     ds = ClipDataset(root, split)
     n = len(ds) if limit is None else min(int(limit), len(ds))
     captions = [ds.rows[i]["caption"] for i in range(n)]
+    if vqvae is None:
+        return [ds[i]["video"] for i in range(n)], captions, {"clips_from": "store"}
+    from osplab.stages.encode import load_vqvae
+    from osplab.tasks.vqvae import reconstruct
+
+    _, fake, _, _ = reconstruct(load_vqvae(vqvae), ds, n)
+    return fake, captions, {"clips_from": "vqvae reconstructions", "vqvae": str(vqvae),
+                            "vqvae_sha256": sha256_file(vqvae)}
+
+
+def judge_store(root, split: str, shuffle_seed: int | None = None, limit: int | None = None,
+                progress: bool = False, vqvae: str | None = None) -> tuple[dict, list[Verdict]]:
+    """Judge the clips of a store split (or their VQVAE reconstructions, see `store_clips`) against
+    their own captions, or against captions shuffled among them with `shuffle_seed` (chance level).
+    Returns (summary, verdicts)."""
+    from tqdm.auto import tqdm
+
+    clips, captions, source = store_clips(root, split, limit, vqvae)
     if shuffle_seed is not None:
-        captions = [captions[j] for j in np.random.default_rng(shuffle_seed).permutation(n)]
-    verdicts = [judge_clip(ds[i]["video"], captions[i])
-                for i in tqdm(range(n), desc=f"judge {split}", unit="clip", disable=not progress)]
-    summary = {**caption_accuracy(verdicts), "root": str(root), "split": split, "shuffle_seed": shuffle_seed}
+        captions = [captions[j] for j in np.random.default_rng(shuffle_seed).permutation(len(captions))]
+    verdicts = [judge_clip(clip, caption) for clip, caption in
+                tqdm(zip(clips, captions), total=len(clips), desc=f"judge {split}", unit="clip", disable=not progress)]
+    summary = {**caption_accuracy(verdicts), "root": str(root), "split": split, "shuffle_seed": shuffle_seed, **source}
     return summary, verdicts
 
 
@@ -321,10 +365,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("split", help="train | val | test")
     ap.add_argument("--shuffle-seed", type=int, default=None, help="pair clips with shuffled captions (chance level)")
     ap.add_argument("--limit", type=int, default=None, help="judge only the first N clips")
+    ap.add_argument("--vqvae", default=None, help="judge the reconstructions by this VQVAE (e.g. checkpoints/vqvae.safetensors)")
     ap.add_argument("--out", help="write the summary and per-clip verdicts as JSON here")
     ap.add_argument("--show", type=int, default=5, help="print this many failing verdicts")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    summary, verdicts = judge_store(args.root, args.split, args.shuffle_seed, args.limit, progress=True)
+    summary, verdicts = judge_store(args.root, args.split, args.shuffle_seed, args.limit, progress=True, vqvae=args.vqvae)
     print(json.dumps(summary, indent=1))
     for v in [v for v in verdicts if v.accuracy < 1][:args.show]:
         print(f"- {v.caption}\n    {v.text}")
