@@ -50,11 +50,13 @@ class VideoFolderConfig:
         val = checks.probability(f"{key}.val_fraction", self.val_fraction)
         test = checks.probability(f"{key}.test_fraction", self.test_fraction)
         if val + test > 1.0:
-            raise ValueError(f"{key}.val_fraction={self.val_fraction} + {key}.test_fraction={self.test_fraction} "
-                             "is not allowed; allowed: a sum <= 1 (the rest is train)")
+            raise checks.SettingError(
+                f"{key}.val_fraction={self.val_fraction} + {key}.test_fraction={self.test_fraction} "
+                "is not allowed; allowed: a sum <= 1 (the rest is train)")
         for i, ext in enumerate(checks.sequence(f"{key}.extensions", self.extensions, min_length=1)):
             if not isinstance(ext, str) or not ext.startswith(".") or len(ext) < 2:
-                raise ValueError(f"{key}.extensions[{i}]={ext!r} is not allowed; allowed: a file suffix such as '.avi'")
+                raise checks.SettingError(
+                    f"{key}.extensions[{i}]={ext!r} is not allowed; allowed: a file suffix such as '.avi'")
 
     @classmethod
     def from_conf(cls, node) -> "VideoFolderConfig":
