@@ -1,4 +1,4 @@
-"""Checks for settings where they enter (config dataclasses, CLI flags): one-line ValueErrors.
+"""Checks for settings where they enter (config dataclasses, CLI flags): one-line SettingErrors.
 
 Every message names the key as the user would type it (`train.steps`, `--batch-size`), the value
 that was given and what is allowed, e.g. "train.steps='abc' is not an integer; allowed: an
@@ -16,8 +16,15 @@ from collections.abc import Sequence
 from typing import Any, Iterable, Mapping
 
 
-def _fail(key: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"{key}={value!r} is not allowed; allowed: {allowed}")
+class SettingError(ValueError):
+    """A setting that cannot be used; the one-line message names the key, the value and what is allowed.
+
+    Entry points print it as one `error:` line (no traceback); it is a ValueError for callers that
+    catch those."""
+
+
+def _fail(key: str, value: Any, allowed: str) -> SettingError:
+    return SettingError(f"{key}={value!r} is not allowed; allowed: {allowed}")
 
 
 def integer(key: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -93,12 +100,13 @@ def integers(key: str, value: Any, minimum: int | None = None, length: int | Non
 def known_keys(prefix: str, values: Mapping[str, Any], cls: type) -> dict:
     """`values` as a dict after checking it has exactly the fields of dataclass `cls` (names listed)."""
     if not isinstance(values, Mapping):
-        raise ValueError(f"{prefix}={values!r} is not allowed; allowed: a mapping of settings")
+        raise SettingError(f"{prefix}={values!r} is not allowed; allowed: a mapping of settings")
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     required = [f.name for f in dataclasses.fields(cls)
                 if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     unknown = sorted(set(values) - set(names))
     missing = [n for n in required if n not in values]
     if unknown or missing:
-        raise ValueError(f"{prefix}: unknown keys {unknown}, missing keys {missing}; allowed keys: {', '.join(names)}")
+        raise SettingError(
+            f"{prefix}: unknown keys {unknown}, missing keys {missing}; allowed keys: {', '.join(names)}")
     return dict(values)

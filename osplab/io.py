@@ -18,8 +18,12 @@ from typing import Iterator
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`."""
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`.
+
+    `path` may be absent or a file (replaced); a folder there is refused before anything is written."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; refusing to replace it with a file. Give a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -75,11 +75,37 @@ def test_time_interleaved_rotates_rounds_after_warmup():
     assert all(t >= 0 for ts in times.values() for t in ts)
 
 
-def test_min_seconds_adds_rounds_up_to_the_cap():
+class FakeClock:
+    """A perf_counter that only advances when a timed function runs: no dependence on machine load."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self, seconds: float):
+        def fn():
+            self.now += seconds
+        return fn
+
+
+@pytest.mark.parametrize("call_s,max_repeats,rounds", [(0.1, 7, 7),     # 1 s needs 10 rounds: capped at 7
+                                                       (0.1, 50, 10),   # not capped: ceil(1.0 / 0.1)
+                                                       (0.6, 50, 2)])   # slow: ceil(1.0 / 0.6) = 2 = repeats
+def test_min_seconds_adds_rounds_up_to_the_cap(monkeypatch, call_s, max_repeats, rounds):
+    import types
+
+    from osplab.bench import timing as timing_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(timing_module, "time", types.SimpleNamespace(perf_counter=clock))
     calls = []
-    timing = Timing(repeats=2, warmup=1, min_seconds=1.0, max_repeats=7)
-    times = time_interleaved({"a": lambda: calls.append(1)}, timing)
-    assert len(times["a"]) == 7 and len(calls) == 8  # instant calls: capped at max_repeats, plus 1 warm-up
+    step = clock.work(call_s)
+    timing = Timing(repeats=2, warmup=1, min_seconds=1.0, max_repeats=max_repeats)
+    times = time_interleaved({"a": lambda: (calls.append(1), step())}, timing)
+    assert len(times["a"]) == rounds and len(calls) == rounds + 1  # plus 1 warm-up call
+    assert times["a"] == pytest.approx([call_s] * rounds)
 
 
 def test_median_and_paired_ratio():

@@ -4,7 +4,6 @@ global batch; gradient all-reduce happens once per optimizer step, not once per 
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -67,12 +66,6 @@ def test_fsdp_resumes_a_single_process_checkpoint(single: Path, tmp_path: Path) 
     _assert_same_run(single, fsdp, first_step=9)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _count_allreduces(tmp_path: Path, micro_batch: int) -> int:
     """All-reduce calls of DDP during one optimizer step (global batch 16)."""
     cfg = tiny_train(tmp_path, micro_batch=micro_batch)
@@ -95,8 +88,8 @@ def _count_allreduces(tmp_path: Path, micro_batch: int) -> int:
 
 
 def test_no_sync_on_all_but_last_micro_step(tmp_path: Path) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}",
-                            rank=0, world_size=1)
+    # FileStore rendezvous: no TCP port to pick (bind-close-reuse races with other processes)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         one_micro_step = _count_allreduces(tmp_path / "a", micro_batch=16)  # accum 1
         four_micro_steps = _count_allreduces(tmp_path / "b", micro_batch=4)  # accum 4

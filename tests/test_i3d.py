@@ -1,6 +1,8 @@
 """The PyTorch I3D port against logits of the original Flax model (tests/fixtures/i3d_reference.npz).
 
-Relative error = max |ours - reference| / max |reference| over a case's logits.
+Relative error = max |ours - reference| / max |reference| over a case's logits. The port reaches
+~2e-6 (float32 rounding), so TOL = 1e-5 leaves a 5x margin and still catches porting bugs of the
+size of a wrong batch-norm epsilon (1.4e-3) by two orders of magnitude.
 """
 import io
 import os
@@ -20,6 +22,7 @@ sys.path.insert(0, str(FIXTURES))
 from i3d_recipe import make_clips, summary  # noqa: E402
 
 REF = np.load(FIXTURES / "i3d_reference.npz")
+TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +49,19 @@ def test_logits_match_flax_reference(model, name):
         out = model(case_inputs(name))
     ref = REF[f"{name}_logits"]
     assert out.shape == ref.shape
-    assert rel_err(out, ref) < 1e-3
+    assert rel_err(out, ref) < TOL
     assert np.array_equal(out.numpy().argmax(1), ref.argmax(1))
+
+
+def test_batch_norm_epsilon_bug_would_fail_the_match(model, monkeypatch):
+    """Negative control: epsilon 1e-4 instead of Sonnet's 1e-3 keeps every argmax but misses TOL."""
+    monkeypatch.setattr(i3d, "BN_EPS", 1e-4)
+    wrong = i3d.load_i3d()
+    with torch.inference_mode():
+        out = wrong(case_inputs("main"))
+    err = rel_err(out, REF["main_logits"])
+    assert err > 100 * TOL, err
+    assert np.array_equal(out.numpy().argmax(1), REF["main_logits"].argmax(1))  # the argmax alone would pass
 
 
 def test_symmetric_padding_would_fail_the_match(model, monkeypatch):
@@ -56,7 +70,7 @@ def test_symmetric_padding_would_fail_the_match(model, monkeypatch):
     monkeypatch.setattr(i3d, "same_pads", lambda n, k, s: same_pads(n, k, s)[::-1])
     with torch.inference_mode():
         out = model(case_inputs("odd"))
-    assert rel_err(out, REF["odd_logits"]) > 1e-3
+    assert rel_err(out, REF["odd_logits"]) > 100 * TOL
 
 
 @pytest.mark.parametrize("size,k,s,pads", [(224, 7, 2, (2, 3)), (16, 7, 2, (2, 3)), (112, 3, 2, (0, 1)),

@@ -112,3 +112,12 @@ def test_atomic_path_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644
+
+
+def test_atomic_path_refuses_a_folder(tmp_path):
+    (tmp_path / "m.json").mkdir()
+    (tmp_path / "m.json" / "keep").write_text("1")
+    with pytest.raises(IsADirectoryError, match="m.json is a folder"):
+        atomic_write_json(tmp_path / "m.json", {"a": 1})
+    assert (tmp_path / "m.json" / "keep").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]

@@ -1,8 +1,6 @@
 """Vector quantizer: lookup, EMA update, dead-code restart, straight-through, statistics, DDP."""
 
 import math
-import os
-import socket
 
 import pytest
 import torch
@@ -161,9 +159,9 @@ def test_bad_inputs_have_clear_errors():
         VectorQuantizer(8, 4, 0.25, 1.0, True, 10)
 
 
-def _ddp_worker(rank, world, port, z, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank, world, store, z, out):
+    # a FileStore rendezvous: no TCP port to pick, so no race with other processes for a free port
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     vq = make_vq(k=16, d=4, restart_every=2).train()
     torch.manual_seed(100 + rank)  # different local RNG: the restart must still agree across ranks
     half = z.shape[0] // world
@@ -174,20 +172,25 @@ def _ddp_worker(rank, world, port, z, out):
     dist.destroy_process_group()
 
 
-def test_ddp_two_ranks_match_one_process_and_agree():
+def test_ddp_two_ranks_match_one_process_and_agree(tmp_path):
     z = torch.randn(24, 4)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_ddp_worker, args=(2, port, z, out), nprocs=2, join=True)
+        mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), z, out), nprocs=2, join=True)
         out = dict(out)
-    single = make_vq(k=16, d=4, restart_every=2).train()
+    single = make_vq(k=16, d=4, restart_every=10**6).train()  # reference without restart
     single(as5d(z))
     torch.testing.assert_close(out["ema0"], single.codebook)  # same global batch -> same EMA step
     torch.testing.assert_close(out["ema1"], single.codebook)
     assert torch.equal(out["restart0"], out["restart1"])
+    single(as5d(z * 0.5))
+    dead = single.usage_since_restart == 0  # codes no vector of either global batch chose
+    assert 0 < int(dead.sum()) < 16          # so the second update must have restarted some
+    # live codes: the plain EMA step; dead ones: replaced by vectors of rank 0's batch (broadcast from 0)
+    torch.testing.assert_close(out["restart0"][~dead], single.codebook[~dead])
+    rank0 = z[:12] * 0.5
+    for code in out["restart0"][dead]:
+        assert (rank0 - code).abs().amax(dim=1).min() == 0, "a restarted code is not a row of rank 0's batch"
 
 
 @pytest.mark.parametrize("l2", [False, True])

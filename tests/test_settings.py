@@ -120,3 +120,14 @@ def test_eval_settings_refuse_bad_values():
             check_eval_settings({**values, key: value})
     with pytest.raises(ValueError, match=r"eval.ssim.sigma=0 is not allowed"):
         check_eval_settings({**values, "ssim": {**values["ssim"], "sigma": 0}})
+
+
+def test_setting_errors_are_one_recognisable_type():
+    """Entry points catch SettingError to print one line; it stays a ValueError for other callers."""
+    assert issubclass(checks.SettingError, ValueError)
+    for bad in (lambda: VideoFolderConfig(frames=8, stride=0, clips_per_video=1, size=[8, 8], val_fraction=0,
+                                          test_fraction=0, extensions=[".avi"]),
+                lambda: VQVAEConfig.from_dict({"arch": "unet"}),
+                lambda: check_eval_settings({})):
+        with pytest.raises(checks.SettingError):
+            bad()

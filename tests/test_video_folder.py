@@ -125,3 +125,41 @@ def test_interrupted_run_leaves_nothing(ucf_tree, tmp_path, monkeypatch):
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="expected SRC/ClassName/video.avi"):
         convert(tmp_path / "nope", tmp_path / "dst", config(), shard_size=2, progress=False)
+
+
+def test_truncated_video_is_reported_and_skipped(tmp_path):
+    """A real 200-frame AVI cut to half its bytes still opens and decodes ~1/4 of its frames."""
+    whole = tmp_path / "Cls" / "v_Cls_g01_c01.avi"
+    encode(whole, frames=200)
+    frames = video_folder.decode_frames(whole, config(stride=1))
+    assert len(frames) == 200  # the intact file decodes completely: no false alarm
+    half = tmp_path / "Cls" / "v_Cls_g02_c01.avi"
+    half.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with av.open(str(half)) as box:  # the header still declares every frame, fewer decode
+        declared = box.streams.video[0].frames
+        decoded = sum(1 for _ in box.decode(video=0))
+    assert declared == 200 and 8 <= decoded < 190  # long enough for a clip: only the new check catches it
+    with pytest.raises(video_folder.SkipVideo, match=f"truncated: decoded {decoded} of the 200 frames"):
+        video_folder.decode_frames(half, config(stride=1))
+    report = convert(tmp_path, tmp_path / "store", config(stride=1, val_fraction=0, test_fraction=0),
+                     shard_size=2, progress=False)
+    assert report["read"] == 1 and report["skipped"] == 1 and "truncated" in report["reasons"][str(half.relative_to(tmp_path))]
+
+
+def test_check_complete_tolerance():
+    video_folder.check_complete(199, 200)      # one frame short: a header off by one is tolerated
+    video_folder.check_complete(5, None)       # nothing declared: nothing to compare
+    video_folder.check_complete(990, 1000)     # 1%
+    with pytest.raises(video_folder.SkipVideo, match="decoded 989 of the 1000"):
+        video_folder.check_complete(989, 1000)
+    with pytest.raises(video_folder.SkipVideo, match="decoded 197 of the 200"):
+        video_folder.check_complete(197, 200)
+
+
+def test_skip_warnings_get_their_own_line_beside_the_progress_bar(ucf_tree, tmp_path, capsys):
+    convert(ucf_tree, tmp_path / "store", config(), shard_size=4, progress=True)
+    err = capsys.readouterr().err
+    lines = [line for line in err.split("\n") if "warning: skipping" in line]
+    assert len(lines) == 4
+    for line in lines:  # what the terminal shows after the last carriage return: the warning alone
+        assert line.split("\r")[-1].startswith("warning: skipping"), repr(line)

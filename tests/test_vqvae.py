@@ -198,12 +198,30 @@ def test_axial_attention_is_causal_in_time_and_starts_as_identity():
 
 
 def test_upsample_depth_to_space_starts_as_nearest_neighbour():
+    """Reference written with plain F ops: a causal 3x3x3 conv with the shared (ICNR) filters, then
+    nearest-neighbour upsampling by repeating every voxel 2x2x2."""
     torch.manual_seed(0)
-    up = Upsample(4, 4, (2, 2, 2))
-    x = torch.randn(1, 4, 3, 2, 2)
-    y = up(x)
-    assert y.shape == (1, 4, 6, 4, 4)
-    torch.testing.assert_close(y[:, :, 0::2, 0::2, 0::2], y[:, :, 1::2, 1::2, 1::2])
+    up = Upsample(4, 3, (2, 2, 2))
+    x = torch.randn(2, 4, 3, 5, 4)
+    w, b = up.conv.conv.weight[::8], up.conv.conv.bias[::8]                  # (3, 4, 3, 3, 3): sub-position 0
+    past = torch.cat([x[:, :, :1], x[:, :, :1], x], dim=2)                   # 2 replicated past frames
+    small = F.conv3d(past, w, b, padding=(0, 1, 1))                          # (2, 3, 3, 5, 4)
+    ref = small.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
+    with torch.no_grad():
+        y = up(x)
+    assert y.shape == (2, 3, 6, 10, 8)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_upsample_puts_each_sub_position_channel_at_its_voxel():
+    """Depth-to-space order: channel c * 8 + 4 i + 2 j + k lands at (2t + i, 2h + j, 2w + k)."""
+    up = Upsample(2, 2, (2, 2, 2))
+    with torch.no_grad():
+        up.conv.conv.weight.zero_()
+        up.conv.conv.bias.copy_(torch.arange(16.0))                          # output = bias, a channel's label
+        y = up(torch.randn(1, 2, 2, 3, 3))
+    for c, i, j, k in np.ndindex(2, 2, 2, 2):
+        assert torch.all(y[0, c, i::2, j::2, k::2] == c * 8 + 4 * i + 2 * j + k), (c, i, j, k)
 
 
 def test_straight_through_gradient_reaches_the_encoder():
@@ -272,15 +290,22 @@ def test_init_from_data_starts_the_patch_model_as_the_pca_autoencoder():
 
 
 def test_patch_model_with_data_init_beats_random_init_at_once():
-    """On unseen smooth video the initialised model (64 codes) beats a randomly initialised one by > 3 dB."""
-    torch.manual_seed(0)
-    clips = [smooth_video(8, 8, 16, 16, seed=3)]
-    val = smooth_video(4, 8, 16, 16, seed=4)
-    plain, init = VQVAE(patch_cfg()).eval(), VQVAE(patch_cfg())
-    init.init_from_data(clips, kmeans_iters=5, seed=0)
-    init.eval()
-    with torch.no_grad():
-        assert init(val)[1]["psnr"] > plain(val)[1]["psnr"] + 3
+    """On unseen smooth video the initialised model (64 codes) beats a randomly initialised one.
+
+    Five independent draws (data, weights, k-means seed). Measured gaps 3.18, 3.12, 2.58, 3.25, 3.04 dB
+    (mean 3.03, spread ~0.25 per draw): the thresholds (every draw > 1.5 dB, mean > 2 dB) leave
+    > 1 dB of margin, where the former single draw against 3 dB passed by 0.18 dB."""
+    gaps = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        clips = [smooth_video(8, 8, 16, 16, seed=3 + 10 * seed)]
+        val = smooth_video(4, 8, 16, 16, seed=4 + 10 * seed)
+        plain, init = VQVAE(patch_cfg()).eval(), VQVAE(patch_cfg())
+        init.init_from_data(clips, kmeans_iters=5, seed=seed)
+        init.eval()
+        with torch.no_grad():
+            gaps.append(float(init(val)[1]["psnr"] - plain(val)[1]["psnr"]))
+    assert min(gaps) > 1.5 and sum(gaps) / len(gaps) > 2.0, gaps
 
 
 @pytest.mark.parametrize("name", ["default", "tiny"])

@@ -49,11 +49,13 @@ class SynthConfig:
         key = "data.synthetic"
         checks.integer(f"{key}.seed", self.seed, 0)
         if not isinstance(self.num_clips, Mapping) or not set(self.num_clips) <= set(SPLITS):
-            raise ValueError(f"{key}.num_clips={self.num_clips!r} is not allowed; allowed: a mapping of splits "
-                             f"{SPLITS} to clip counts, e.g. {{train: 2000, val: 200, test: 200}}")
+            raise checks.SettingError(
+                f"{key}.num_clips={self.num_clips!r} is not allowed; allowed: a mapping of splits "
+                f"{SPLITS} to clip counts, e.g. {{train: 2000, val: 200, test: 200}}")
         counts = [checks.integer(f"{key}.num_clips.{s}", n, 0) for s, n in self.num_clips.items()]
         if sum(counts) < 1:
-            raise ValueError(f"{key}.num_clips={self.num_clips!r} is not allowed; allowed: at least one clip in total")
+            raise checks.SettingError(
+                f"{key}.num_clips={self.num_clips!r} is not allowed; allowed: at least one clip in total")
         checks.integers(f"{key}.frames", self.frames, 1)
         resolutions = checks.sequence(f"{key}.resolutions", self.resolutions, min_length=1)
         for i, hw in enumerate(resolutions):

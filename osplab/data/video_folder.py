@@ -9,8 +9,11 @@ eye makeup"). Splits are drawn per UCF group (`v_Class_g08_c01` -> group g08, on
 clips of one group never land in two splits.
 
 A file that cannot be used (empty, unreadable, truncated, too short) is skipped with a warning naming
-it; the totals and reasons are printed and kept in the `source.report` entry of the store's
-manifest.json. If no file can be used the run fails and nothing is written. The store appears only when complete (see `osplab.io.atomic_dir`).
+it. Truncated means fewer frames decode than the container declares (header count, or duration x
+frame rate): such a file is skipped whole, not kept in part, because its last decodable frames may
+already be damaged. The totals and reasons are printed and kept in the `source.report` entry of the
+store's manifest.json. If no file can be used the run fails and nothing is written. The store
+appears only when complete (see `osplab.io.atomic_dir`).
 """
 
 from __future__ import annotations
@@ -47,11 +50,13 @@ class VideoFolderConfig:
         val = checks.probability(f"{key}.val_fraction", self.val_fraction)
         test = checks.probability(f"{key}.test_fraction", self.test_fraction)
         if val + test > 1.0:
-            raise ValueError(f"{key}.val_fraction={self.val_fraction} + {key}.test_fraction={self.test_fraction} "
-                             "is not allowed; allowed: a sum <= 1 (the rest is train)")
+            raise checks.SettingError(
+                f"{key}.val_fraction={self.val_fraction} + {key}.test_fraction={self.test_fraction} "
+                "is not allowed; allowed: a sum <= 1 (the rest is train)")
         for i, ext in enumerate(checks.sequence(f"{key}.extensions", self.extensions, min_length=1)):
             if not isinstance(ext, str) or not ext.startswith(".") or len(ext) < 2:
-                raise ValueError(f"{key}.extensions[{i}]={ext!r} is not allowed; allowed: a file suffix such as '.avi'")
+                raise checks.SettingError(
+                    f"{key}.extensions[{i}]={ext!r} is not allowed; allowed: a file suffix such as '.avi'")
 
     @classmethod
     def from_conf(cls, node) -> "VideoFolderConfig":
@@ -90,25 +95,49 @@ def resize_crop(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(img)[top:top + height, left:left + width]
 
 
+def declared_frames(stream) -> int | None:
+    """Frame count the container declares for a video stream (header, or duration x frame rate); None if unknown."""
+    if stream.frames:
+        return int(stream.frames)
+    if stream.duration and stream.time_base and stream.average_rate:
+        return int(round(float(stream.duration * stream.time_base * stream.average_rate)))
+    return None
+
+
+def check_complete(decoded: int, declared: int | None) -> None:
+    """Raise SkipVideo when fewer frames decode than the container declares (a truncated file).
+
+    A tolerance of 1% (at least 1 frame) absorbs containers whose header is off by an edit list or a
+    dropped last frame; a file cut in half is far beyond it."""
+    if declared is not None and declared - decoded > max(1, declared // 100):
+        raise SkipVideo(f"truncated: decoded {decoded} of the {declared} frames the container declares")
+
+
 def decode_frames(path: Path, cfg: VideoFolderConfig) -> np.ndarray:
-    """Every `stride`-th frame of a video, resized and cropped: uint8 (N, H, W, 3). Raises SkipVideo."""
+    """Every `stride`-th frame of a video, resized and cropped: uint8 (N, H, W, 3). Raises SkipVideo.
+
+    Every frame is decoded and counted, so a truncated file (fewer decoded frames than declared) is
+    skipped rather than kept with a silently shortened or corrupted tail."""
     import av
 
     if path.stat().st_size == 0:
         raise SkipVideo("empty file (0 bytes)")
     height, width = cfg.size
-    kept = []
+    kept, decoded = [], 0
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise SkipVideo("no video stream")
+            declared = declared_frames(container.streams.video[0])
             for i, frame in enumerate(container.decode(video=0)):
+                decoded += 1
                 if i % cfg.stride == 0:
                     kept.append(resize_crop(frame.to_ndarray(format="rgb24"), height, width))
     except SkipVideo:
         raise
     except (av.FFmpegError, ValueError, OSError) as err:  # unreadable or truncated mid-stream
         raise SkipVideo(f"cannot decode ({type(err).__name__}: {err})") from None
+    check_complete(decoded, declared)
     if len(kept) < cfg.frames:
         raise SkipVideo(f"too short: {len(kept)} frames after stride {cfg.stride}, need {cfg.frames}")
     return np.stack(kept)

@@ -6,7 +6,7 @@ of {'params', 'batch_stats'} nested dicts of numpy arrays for a Flax port. We on
 not jax: it is read with an unpickler that can build nothing but numpy arrays, and converted once
 into a safetensors cache (`$OSPLAB_CACHE` or ~/.cache/osplab), named by the checkpoint's sha256.
 
-Three details decide whether the logits match the original (tests/test_i3d.py checks 1e-3):
+Three details decide whether the logits match the original (tests/test_i3d.py checks 1e-5):
 - TensorFlow 'SAME' padding: out = ceil(n / s) and the padding total is split low = total // 2,
   high = the rest, so stride-2 layers pad one more at the end than at the start.
 - Batch norm without scale and with epsilon 1e-3 (Sonnet v1), folded into the conv at load time.

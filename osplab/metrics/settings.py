@@ -28,7 +28,7 @@ def check_eval_settings(cfg: Mapping[str, Any], name: Callable[[str], str] = _ev
     """Raise ValueError on the first bad or missing `eval` setting; see the module doc."""
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:
-        raise ValueError(f"eval settings: missing keys {missing}; see conf/eval/default.yaml")
+        raise checks.SettingError(f"eval settings: missing keys {missing}; see conf/eval/default.yaml")
     if cfg["num_clips"] is not None:
         checks.integer(name("num_clips"), cfg["num_clips"], 2)
     checks.integer(name("frames"), cfg["frames"], I3D_MIN_FRAMES)
@@ -40,9 +40,10 @@ def check_eval_settings(cfg: Mapping[str, Any], name: Callable[[str], str] = _ev
     checks.integer(name("batch_size"), cfg["batch_size"], 1)
     checks.integer(name("seed"), cfg["seed"], 0)
     if not isinstance(cfg["real_split"], str) or not cfg["real_split"]:
-        raise ValueError(f"{name('real_split')}={cfg['real_split']!r} is not allowed; allowed: a non-empty name")
+        raise checks.SettingError(
+            f"{name('real_split')}={cfg['real_split']!r} is not allowed; allowed: a non-empty name")
     if cfg.get("device") is not None and not isinstance(cfg["device"], str):
-        raise ValueError(f"{name('device')}={cfg['device']!r} is not allowed; allowed: null, 'cpu' or 'cuda'")
+        raise checks.SettingError(f"{name('device')}={cfg['device']!r} is not allowed; allowed: null, 'cpu' or 'cuda'")
     if "compile" in cfg:
         checks.boolean(name("compile"), cfg["compile"])
     if "ssim" in cfg:

@@ -40,7 +40,9 @@ def spread_from_halves(fvd: float, halves: np.ndarray, n_real: int, n_fake: int)
 
     Delete-d jackknife: with subsets of m = floor(N/2) clips (d = N - m left out) the variance of the
     N-clip statistic is (m / d) * var(halves); the factor is 1 for even N. Bias ~ c / n: with
-    k = N / m, FVD_inf = (k FVD_N - mean(halves)) / (k - 1).
+    k = N / m, FVD_inf = (k FVD_N - mean(halves)) / (k - 1). Like any bias-corrected estimate it can
+    fall below 0 when the two sets are close (the true distance is >= 0); it is not clipped, so that
+    it stays unbiased to first order.
     """
     ratios = [n // 2 / (n - n // 2) for n in (n_real, n_fake)]
     scale = float(np.sqrt(np.mean(ratios)))

@@ -95,27 +95,32 @@ class VQVAEConfig:
             self.num_res_blocks = (self.num_res_blocks,) * len(self.channel_mult)
         self.num_res_blocks = tuple(int(n) for n in self.num_res_blocks)
         if len(self.num_res_blocks) != len(self.channel_mult) or min(self.num_res_blocks) < 0:
-            raise ValueError(f"vqvae.model.num_res_blocks={self.num_res_blocks}: give one int, or one count >= 0 "
-                             f"per level of channel_mult={self.channel_mult}")
+            raise checks.SettingError(
+                f"vqvae.model.num_res_blocks={self.num_res_blocks}: give one int, or one count >= 0 "
+                f"per level of channel_mult={self.channel_mult}")
         if len(self.downsample) != 3:
-            raise ValueError(f"vqvae.model.downsample={self.downsample}: give three factors (t, h, w), e.g. (4, 8, 8)")
+            raise checks.SettingError(
+                f"vqvae.model.downsample={self.downsample}: give three factors (t, h, w), e.g. (4, 8, 8)")
         for f in self.downsample:
             if f < 1 or f & (f - 1):
-                raise ValueError(f"vqvae.model.downsample={self.downsample}: every factor must be a power of two "
-                                 "(1, 2, 4, ...)")
+                raise checks.SettingError(
+                    f"vqvae.model.downsample={self.downsample}: every factor must be a power of two "
+                    "(1, 2, 4, ...)")
         need = max(int(math.log2(f)) for f in self.downsample)
         if self.arch == "patch" and len(self.channel_mult) != 1:
-            raise ValueError(f"vqvae.model.arch=patch works at one resolution: give one channel_mult entry, "
-                             f"got {self.channel_mult}")
+            raise checks.SettingError(
+                f"vqvae.model.arch=patch works at one resolution: give one channel_mult entry, got {self.channel_mult}")
         if self.arch == "hierarchical" and len(self.channel_mult) < need + 1:
-            raise ValueError(f"vqvae.model.channel_mult={self.channel_mult} gives {len(self.channel_mult) - 1} halvings, but "
-                             f"downsample={self.downsample} needs {need}: add levels to channel_mult")
+            raise checks.SettingError(
+                f"vqvae.model.channel_mult={self.channel_mult} gives {len(self.channel_mult) - 1} halvings, but "
+                f"downsample={self.downsample} needs {need}: add levels to channel_mult")
         for c in self.level_channels():
             if c % self.norm_groups:
-                raise ValueError(f"vqvae.model.norm_groups={self.norm_groups} does not divide level channels {c}")
+                raise checks.SettingError(
+                    f"vqvae.model.norm_groups={self.norm_groups} does not divide level channels {c}")
         if self.attn_blocks and self.level_channels()[-1] % self.attn_heads:
-            raise ValueError(f"vqvae.model.attn_heads={self.attn_heads} does not divide "
-                             f"{self.level_channels()[-1]} channels")
+            raise checks.SettingError(
+                f"vqvae.model.attn_heads={self.attn_heads} does not divide {self.level_channels()[-1]} channels")
 
     def _check_types(self) -> None:
         """Types and ranges of the plain fields, naming the key (`vqvae.model.codebook_size=0 is not allowed`)."""

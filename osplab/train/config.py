@@ -70,7 +70,7 @@ class TrainConfig:
         """Micro-steps per optimizer step on each rank: global_batch / (micro_batch * world_size)."""
         per_step = self.micro_batch * world_size
         if self.global_batch % per_step:
-            raise ValueError(
+            raise checks.SettingError(
                 f"train.global_batch={self.global_batch} is not divisible by "
                 f"train.micro_batch={self.micro_batch} x world_size={world_size} = {per_step}; "
                 "pick a global batch that is a multiple of micro_batch * number of processes"
@@ -119,6 +119,6 @@ def _checked(values: dict[str, Any], prefix: str) -> dict[str, Any]:
     out["betas"] = tuple(checks.number(f"{prefix}.betas[{i}]", b, 0.0, 1.0, high_open=True)
                          for i, b in enumerate(betas))
     if not isinstance(values["out_dir"], str) or not values["out_dir"]:
-        raise ValueError(f"{prefix}.out_dir={values['out_dir']!r} is not allowed; allowed: a folder path "
+        raise checks.SettingError(f"{prefix}.out_dir={values['out_dir']!r} is not allowed; allowed: a folder path "
                          "(non-empty string)")
     return out
