@@ -173,3 +173,25 @@ def test_raw_stage_builds_the_store_its_params_describe(tmp_path, capsys):
     missing = tmp_path / "no_videos"
     assert main(["--no-progress", "data=ucf101", f"data.source={missing}", f"data.root={tmp_path / 'u'}"]) == 1
     assert str(missing) in capsys.readouterr().err and not (tmp_path / "u").exists()
+
+
+def test_smoke_profile_outputs_are_apart_from_the_default_ones():
+    """`dvc exp run -S profile=smoke` must not write its tiny data/weights over the default ones: every
+    cached output (and dvclive run) moves with the profile; only committed metrics/reports are shared."""
+    from osplab.config import compose
+
+    def outs(params) -> dict[str, str]:
+        found = {}
+        for name, stage in STAGES.items():
+            for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
+                path = entry if isinstance(entry, str) else next(iter(entry))
+                found[f"{name}:{path}"] = resolve(path, params)
+        return found
+
+    default, smoke = outs(PARAMS), outs(compose(["profile=smoke"]))
+    templated = [k for k in default if "${" in k]
+    assert len(templated) >= 5
+    for key in templated:
+        assert smoke[key] != default[key] and "smoke" in smoke[key], key
+    assert all(smoke[k] == default[k] and default[k].startswith(("metrics/", "reports/"))
+               for k in default if k not in templated)
