@@ -87,9 +87,13 @@ def notebook_tree(path: Path) -> ast.Module:
 
 
 def entry_points(cmd: str) -> tuple[list[str], list[Path]]:
-    """(modules run with `-m`, notebooks run by papermill) of a stage command."""
+    """(modules run with `-m` or as the `osplab` command, notebooks run by papermill) of a stage command.
+
+    A `python path/to/file.py` script counts as the module of that path."""
     tokens = shlex.split(cmd)
     modules = [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "-m"]
+    modules += ["osplab.cli" for t in tokens if t == "osplab"]
+    modules += [t[:-3].replace("/", ".") for t in tokens if t.endswith(".py") and (REPO / t).is_file()]
     notebooks = [REPO / tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "papermill"]
     return modules, notebooks
 
@@ -142,6 +146,13 @@ def test_the_survey_finds_transitive_imports_and_reports_them():
     assert "osplab/stages/train_vqvae.py" not in missing
     stage["deps"] = ["osplab"]
     assert uncovered(stage) == []
+
+
+def test_console_script_and_script_paths_count():
+    assert entry_points("osplab data synth profile=smoke")[0] == ["osplab.cli"]
+    assert entry_points("python osplab/stages/raw.py --no-progress")[0] == ["osplab.stages.raw"]
+    missing = [m.split(" ")[0] for m in uncovered({"cmd": "osplab data synth", "deps": ["osplab/cli.py"]})]
+    assert "osplab/data/synthetic.py" in missing and "osplab/config.py" in missing
 
 
 def test_notebook_imports_count():
