@@ -72,9 +72,10 @@ def _sample(args) -> int:
 
     from osplab.generate import load_generator
     from osplab.media import write_video
+    from osplab.tasks.dit import checkpoint_path
 
     cfg = compose(args.override) if args.override else load_params(args.params)
-    dit = args.dit or f"checkpoints/dit_{args.objective}.safetensors"
+    dit = args.dit or checkpoint_path(cfg, args.objective)
     try:
         gen = load_generator(dit, cfg.vqvae.checkpoint, cfg.text)
         sample = cfg.diffusion.sample
@@ -134,7 +135,7 @@ def _main(argv: list[str] | None) -> int:
     smp.add_argument("--cfg", type=float, default=None, help="guidance scale (default: diffusion.sample.cfg)")
     smp.add_argument("--sampler", default=None, help="euler|heun (rf) or ancestral|ddim (ddpm)")
     smp.add_argument("--objective", default="rf", choices=["rf", "ddpm"], help="which trained DiT")
-    smp.add_argument("--dit", default=None, help="DiT checkpoint (default: checkpoints/dit_<objective>.safetensors)")
+    smp.add_argument("--dit", default=None, help="DiT checkpoint (default: <diffusion.checkpoints>/dit_<objective>.safetensors)")
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--fps", type=int, default=8)
     smp.add_argument("--upscale", type=int, default=4, help="pixel repetition for viewing (64 px -> 256 px)")

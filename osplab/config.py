@@ -121,3 +121,30 @@ def run_with_config_errors(main: Callable[[list[str] | None], object], argv: lis
         print(f"error: {describe_config_error(err)} (full trace: --trace or {TRACE_ENV}=1)", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
+
+
+# --- Hydra entry points: the same stage code, composed from conf/ (launchers, sweeps, SLURM) ------
+
+def wants_hydra(argv: list[str]) -> bool:
+    """True when a stage's arguments are Hydra's (overrides `k=v`, `hydra/launcher=...`, --multirun)."""
+    flags = {"--multirun", "-m", "--cfg", "-c", "--info", "--hydra-help", "--resolve"}
+    return any(a in flags or ("=" in a and not a.startswith("-")) for a in argv)
+
+
+def run_hydra(task: Callable[[DictConfig], object], argv: list[str]) -> int:
+    """Run `task(cfg)` as a Hydra app over conf/ with Hydra's command line `argv`.
+
+    `--multirun hydra/launcher=submitit_local ...` (or `=slurm`, conf/hydra/launcher/) hands each
+    job to a launcher; without --multirun the task runs here. Config errors propagate (so
+    run_with_config_errors prints one line) instead of Hydra's own multi-line report."""
+    import hydra
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    app = hydra.main(config_path=str(conf_dir().resolve()), config_name="config", version_base="1.3")(task)
+    saved = sys.argv
+    sys.argv = [saved[0], *argv]
+    try:
+        app()
+    finally:
+        sys.argv = saved
+    return 0

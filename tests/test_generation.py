@@ -76,13 +76,13 @@ def test_samples_follow_the_reference_clips(pipeline: Path) -> None:
     cfg = load_params(pipeline / "params.yaml")
     real, indices = reference_clips(_abs(cfg, pipeline), int(cfg.diffusion.sample.clips))
     for variant in ("rf", "ddpm", "untrained"):
-        ds = ClipDataset(pipeline / "samples" / variant, "sample")
+        ds = ClipDataset(pipeline / "samples/smoke" / variant, "sample")
         assert sorted(r["id"] for r in ds.rows) == sorted(real.rows[i]["id"] for i in indices)
         for i in range(len(ds)):
             j = next(k for k in indices if real.rows[k]["id"] == ds.rows[i]["id"])
             assert ds.rows[i]["caption"] == real.rows[j]["caption"]
             assert ds.shape_of(i) == (cfg.eval.frames, *real.shape_of(j)[1:])
-        assert (pipeline / "samples" / variant / "previews" / "0.mp4").is_file()
+        assert (pipeline / "samples/smoke" / variant / "previews" / "0.mp4").is_file()
 
 
 def _abs(cfg, root: Path):
@@ -95,7 +95,7 @@ def _abs(cfg, root: Path):
 def test_checkpoint_records_what_sampling_checks(pipeline: Path) -> None:
     from safetensors import safe_open
 
-    with safe_open(str(pipeline / "checkpoints/dit_rf.safetensors"), framework="pt") as f:
+    with safe_open(str(pipeline / "checkpoints/smoke/dit_rf.safetensors"), framework="pt") as f:
         meta = f.metadata()
     record = json.loads(meta["record"])
     assert record["packages"]["torch"] and record["git_commit"]
@@ -113,7 +113,7 @@ def test_sampling_refuses_a_dit_of_another_vqvae_or_text_encoder(pipeline: Path,
     from osplab.generate import load_generator
 
     cfg = load_params(pipeline / "params.yaml")
-    dit, vq = pipeline / "checkpoints/dit_rf.safetensors", pipeline / "checkpoints/smoke/vqvae.safetensors"
+    dit, vq = pipeline / "checkpoints/smoke/dit_rf.safetensors", pipeline / "checkpoints/smoke/vqvae.safetensors"
     other = tmp_path / "other_vqvae.safetensors"
     from safetensors import safe_open
 
@@ -137,7 +137,7 @@ def test_generate_shapes_warnings_and_bad_sizes(pipeline: Path) -> None:
     from osplab.generate import load_generator
 
     cfg = load_params(pipeline / "params.yaml")
-    gen = load_generator(pipeline / "checkpoints/dit_rf.safetensors", pipeline / "checkpoints/smoke/vqvae.safetensors",
+    gen = load_generator(pipeline / "checkpoints/smoke/dit_rf.safetensors", pipeline / "checkpoints/smoke/vqvae.safetensors",
                          cfg.text)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 16 frames at 32x32 is a trained shape: no warning
@@ -172,13 +172,13 @@ def test_train_dit_rerun_resumes_and_a_changed_setting_starts_afresh(pipeline: P
     inputs clear the stale checkpoints instead of continuing them."""
     work = tmp_path / "w"
     shutil.copytree(pipeline, work, symlinks=True)
-    before = (work / "checkpoints/dit_rf.safetensors").read_bytes()
+    before = (work / "checkpoints/smoke/dit_rf.safetensors").read_bytes()
     proc = run(["-m", "osplab.stages.train_dit", "--objective", "rf"], work)
     assert "resumed from" in proc.stderr
     assert safetensors.torch.load(before) .keys() == safetensors.torch.load(
-        (work / "checkpoints/dit_rf.safetensors").read_bytes()).keys()
+        (work / "checkpoints/smoke/dit_rf.safetensors").read_bytes()).keys()
     a = safetensors.torch.load(before)
-    b = safetensors.torch.load((work / "checkpoints/dit_rf.safetensors").read_bytes())
+    b = safetensors.torch.load((work / "checkpoints/smoke/dit_rf.safetensors").read_bytes())
     assert all((a[k] == b[k]).all() for k in a)
     run(["-m", "osplab.cli", "params", *OVERRIDES, "train_dit.lr=1e-3", "--out", "params.yaml"], work)
     proc = run(["-m", "osplab.stages.train_dit", "--objective", "rf"], work)

@@ -104,9 +104,13 @@ def notebook_tree(path: Path) -> ast.Module:
 
 
 def entry_points(cmd: str) -> tuple[list[str], list[Path]]:
-    """(modules run with `-m`, notebooks run by papermill) of a stage command."""
+    """(modules run with `-m` or as the `osplab` command, notebooks run by papermill) of a stage command.
+
+    A `python path/to/file.py` script counts as the module of that path."""
     tokens = shlex.split(cmd)
     modules = [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "-m"]
+    modules += ["osplab.cli" for t in tokens if t == "osplab"]
+    modules += [t[:-3].replace("/", ".") for t in tokens if t.endswith(".py") and (REPO / t).is_file()]
     notebooks = [REPO / tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == "papermill"]
     return modules, notebooks
 
@@ -161,6 +165,13 @@ def test_the_survey_finds_transitive_imports_and_reports_them():
     assert uncovered(stage) == []
 
 
+def test_console_script_and_script_paths_count():
+    assert entry_points("osplab data synth profile=smoke")[0] == ["osplab.cli"]
+    assert entry_points("python osplab/stages/raw.py --no-progress")[0] == ["osplab.stages.raw"]
+    missing = [m.split(" ")[0] for m in uncovered({"cmd": "osplab data synth", "deps": ["osplab/cli.py"]})]
+    assert "osplab/data/synthetic.py" in missing and "osplab/config.py" in missing
+
+
 def test_notebook_imports_count():
     stage = {"cmd": "papermill notebooks/fvd_sanity.ipynb out.ipynb -p smoke False", "deps": ["osplab"]}
     assert uncovered(stage) == ["notebooks/fvd_sanity.ipynb (imported by the command)"]
@@ -190,3 +201,25 @@ def test_raw_stage_builds_the_store_its_params_describe(tmp_path, capsys):
     missing = tmp_path / "no_videos"
     assert main(["--no-progress", "data=ucf101", f"data.source={missing}", f"data.root={tmp_path / 'u'}"]) == 1
     assert str(missing) in capsys.readouterr().err and not (tmp_path / "u").exists()
+
+
+def test_smoke_profile_outputs_are_apart_from_the_default_ones():
+    """`dvc exp run -S profile=smoke` must not write its tiny data/weights over the default ones: every
+    cached output (and dvclive run) moves with the profile; only committed metrics/reports are shared."""
+    from osplab.config import compose
+
+    def outs(params) -> dict[str, str]:
+        found = {}
+        for name, stage in STAGES.items():
+            for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
+                path = entry if isinstance(entry, str) else next(iter(entry))
+                found[f"{name}:{path}"] = resolve(path, params)
+        return found
+
+    default, smoke = outs(PARAMS), outs(compose(["profile=smoke"]))
+    templated = [k for k in default if "${" in k]
+    assert len(templated) >= 5
+    for key in templated:
+        assert smoke[key] != default[key] and "smoke" in smoke[key], key
+    assert all(smoke[k] == default[k] and default[k].startswith(("metrics/", "reports/"))
+               for k in default if k not in templated)

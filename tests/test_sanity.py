@@ -141,3 +141,13 @@ def test_report_files(tmp_path):
     rec = json.loads(js.read_text())
     assert rec["monotone"] == {"noise": True, "shuffle": False} and len(rec["rows"]) == 6
     assert rec["protocol"] == dataclasses.asdict(rows[0]["protocol"])
+
+
+def test_report_says_what_a_and_b_are(tmp_path):
+    """The stage's A (cached val features) and B (test clips) are not halves: the report must not say so."""
+    rows = fake_rows({"noise": [10.0, 20.0, 30.0]})
+    halves = sanity.sweep_markdown(rows)
+    assert "two disjoint random halves of the real `val` clips (3 vs 3 clips)" in halves
+    sets = "A is the 3 real `val` clips whose I3D features the eval_real stage cached and B is 3 real clips of `test`"
+    text = sanity.sweep_markdown(rows, sets=sets)
+    assert f"where {sets} (3 vs 3 clips)" in text and "halves" not in text

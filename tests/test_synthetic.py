@@ -34,10 +34,10 @@ def test_same_seed_gives_identical_bytes(tmp_path, smoke_cfg, smoke_store):
 
 
 def test_golden_manifest_hash(smoke_store):
-    """The smoke store's bytes are pinned: a change here means data.dvc's pin would break on some machine."""
+    """The smoke store's bytes are pinned: a change here means the raw stage hash in dvc.lock would break on some machine."""
     digest = hashlib.sha256((smoke_store / "manifest.json").read_bytes()).hexdigest()
     golden = (Path(__file__).parent / "fixtures" / "smoke_manifest.sha256").read_text().split()[0]
-    assert digest == golden, "generator output changed: if intended, update the fixture and data.dvc (`make data`)"
+    assert digest == golden, "generator output changed: if intended, update the fixture and dvc.lock (`make data`)"
 
 
 def test_store_has_buckets_splits_and_captions(smoke_store, smoke_cfg):

@@ -1,6 +1,8 @@
 """Benchmark I3D feature extraction: throughput per execution variant and error vs the Flax reference.
 
-    python -m osplab.metrics.bench_i3d --out metrics/fvd_bench.json [--batch-size 4] [--repeats 5] [--compile]
+    python -m osplab.metrics.bench_i3d [--out metrics/fvd_bench.json] [--batch-size 4] [--repeats 5] [--compile]
+
+Without --out the record is printed only (the `bench_i3d` DVC stage writes metrics/fvd_bench.json).
 
 Variants: fp32 (contiguous), fp32 channels_last_3d, bf16 autocast (both layouts), and with
 --compile torch.compile (inductor, weight freezing) of the channels_last fp32 model. Each is timed
@@ -121,7 +123,7 @@ def run_variants(batch_size: int, repeats: int, with_compile: bool) -> tuple[dic
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m osplab.metrics.bench_i3d", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON record here (default: print only)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
@@ -151,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             "note": "CPU shared with other jobs: compare clips_per_cpu_s across runs; wall clips/s depends on load",
         },
     }
-    atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
+    if args.out is not None:
+        atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
     print(f"chosen {best}: {record['i3d_clips_per_s']:.3f} clips/s "
           f"(idle estimate {record['i3d_clips_per_s_idle_estimate']:.2f}), "
-          f"rel err {record['max_rel_err_vs_reference']:.2e}; wrote {args.out}")
+          f"rel err {record['max_rel_err_vs_reference']:.2e}" + (f"; wrote {args.out}" if args.out else ""))
     return 0
 
 

@@ -176,9 +176,9 @@ def sweep_figure(rows: list[dict]):
         ax.errorbar([r["level"] + dx for r in sel], [r["fvd"] for r in sel], yerr=[r["std"] or 0.0 for r in sel],
                     marker="o", ms=4, capsize=3, label=kind)
     p = rows[0]["protocol"]
-    ax.set_xlabel("corruption level (0 = uncorrupted half B)")
+    ax.set_xlabel("corruption level (0 = uncorrupted B)")
     ax.set_ylabel("FVD(A, corrupt(B))")
-    ax.set_title(f"FVD sanity: {p.n_real} vs {p.n_fake} real {p.real_split} clips, {p.frames} frames, "
+    ax.set_title(f"FVD sanity: A {p.n_real} vs B {p.n_fake} real clips, {p.frames} frames, "
                  f"{p.resolution}px", fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -186,13 +186,16 @@ def sweep_figure(rows: list[dict]):
     return fig
 
 
-def sweep_markdown(rows: list[dict], title: str = "FVD sanity check") -> str:
-    """The sweep as a markdown report: protocol, table (FVD, its std and 95% interval over clip draws), Spearman."""
+def sweep_markdown(rows: list[dict], title: str = "FVD sanity check", sets: str | None = None) -> str:
+    """The sweep as a markdown report: protocol, table (FVD, its std and 95% interval over clip draws), Spearman.
+
+    sets: what A and B are; None = the halves of `corruption_sweep` without a reference."""
     p = rows[0]["protocol"]
     rho = spearman_by_kind(rows)
+    sets = sets or f"A and B are two disjoint random halves of the real `{p.real_split}` clips"
     lines = [f"# {title}", "",
-             f"FVD(A, corrupt(B)) between two disjoint random halves of the real `{p.real_split}` clips "
-             f"({p.n_real} vs {p.n_fake} clips). Level 0 is FVD(A, B): the floor set by sampling alone.", "",
+             f"FVD(A, corrupt(B)), where {sets} ({p.n_real} vs {p.n_fake} clips). "
+             "Level 0 is FVD(A, B): the floor set by sampling alone.", "",
              f"Protocol: {p.frames} frames, stride {p.stride}, {p.resize} bilinear to {p.resolution}, "
              f"{p.covariance} covariance, spread by {p.spread} ({p.bootstrap_rounds} rounds), seed {p.seed}, "
              f"I3D sha256 {p.weights_sha256[:12]}.", "",
@@ -214,12 +217,13 @@ def sweep_record(rows: list[dict]) -> dict:
             "rows": [{k: v for k, v in r.items() if k != "protocol"} for r in rows]}
 
 
-def write_report(rows: list[dict], md_path, png_path, json_path=None, title: str = "FVD sanity check") -> None:
-    """Write the markdown table, the figure and (if json_path) the record, atomically."""
+def write_report(rows: list[dict], md_path, png_path, json_path=None, title: str = "FVD sanity check",
+                 sets: str | None = None) -> None:
+    """Write the markdown table, the figure and (if json_path) the record, atomically (sets: see sweep_markdown)."""
     from osplab.io import atomic_write_json, atomic_write_text
     from osplab.viz import save_figure
 
-    atomic_write_text(md_path, sweep_markdown(rows, title))
+    atomic_write_text(md_path, sweep_markdown(rows, title, sets))
     save_figure(sweep_figure(rows), png_path)
     if json_path:
         atomic_write_json(json_path, sweep_record(rows))

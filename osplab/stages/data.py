@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from osplab.config import load_params
+from osplab.config import load_params, run_with_config_errors
 from osplab.data.clips import ClipDataset
 from osplab.data.stats import preview_figure, store_stats
 from osplab.data.store import verify_store
@@ -53,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_with_config_errors(main))

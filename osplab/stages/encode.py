@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from osplab.config import load_params
+from osplab.config import load_params, run_with_config_errors
 from osplab.data.clips import ClipDataset
 from osplab.data.latents import write_latents
 from osplab.data.store import read_manifest
@@ -83,4 +84,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_with_config_errors(main))  # a missing/bad setting: one `error:` line

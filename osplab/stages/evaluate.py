@@ -30,13 +30,14 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
-from osplab.config import load_params
+from osplab.config import load_params, run_with_config_errors
 from osplab.data.clips import ClipDataset
 from osplab.io import atomic_write_json, sha256_file
 from osplab.metrics.fvd import load_features, save_features
@@ -201,4 +202,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_with_config_errors(main))  # a missing/bad setting: one `error:` line

@@ -2,7 +2,7 @@
 
     python -m osplab.stages.evaluate_generation [--params params.yaml] [--no-progress]
 
-Inputs: the sample stores of `sample@rf`, `sample@ddpm`, `sample@untrained` (samples/<variant>),
+Inputs: the sample stores of `sample@rf`, `sample@ddpm`, `sample@untrained` (<diffusion.samples>/<variant>),
 the cached real I3D features of `eval_real` (the FVD reference set), metrics/eval.json (the VQVAE's
 rFVD), the checkpoints. Writes metrics/generation.json:
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     i3d = load_i3d(ecfg.get("device"))
     _, _, _, feats_real, _ = real_side(cfg, ecfg, i3d, cfg.eval.real_cache, progress, readonly=True)
     names = {"rf": f"rf{int(s.rf_steps)}", "ddpm": f"ddpm{int(s.ddpm_steps)}", "untrained": "untrained"}
-    samples = {v: ClipDataset(f"samples/{v}", "sample") for v in names}
+    samples = {v: ClipDataset(f"{cfg.diffusion.samples}/{v}", "sample") for v in names}
     clips = {v: [ds[i]["video"] for i in range(len(ds))] for v, ds in samples.items()}
     captions = samples["rf"].captions()
     out, detail, verdicts = {}, {}, {}

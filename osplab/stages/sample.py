@@ -10,9 +10,9 @@ the FVD window, the seeded subset of `eval.num_clips`, osplab.stages.evaluate), 
 `eval.frames x eval.stride` frames, so the generated set has the reference set's distribution of
 content and shapes. Steps, sampler and guidance come from `diffusion.sample`.
 
-Writes a clip store (osplab/data/store.py, split `sample`) at `samples/<variant>` (uint8 clips,
+Writes a clip store (osplab/data/store.py, split `sample`) at `<diffusion.samples>/<variant>` (uint8 clips,
 captions, ids of the real clips), mp4 and gif previews of the first `diffusion.sample.previews`
-clips in `samples/<variant>/previews/`, and `metrics/sample_<variant>.json` (seconds, clips/s).
+clips in `<diffusion.samples>/<variant>/previews/`, and `metrics/sample_<variant>.json` (seconds, clips/s).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from osplab.io import atomic_write_json
 from osplab.media import write_gif, write_mp4
 from osplab.metrics.sanity import usable_clips, window_length
 from osplab.models.dit import DiT
+from osplab.tasks.dit import checkpoint_path
 from osplab.train import seed_everything
 
 VARIANTS = ("rf", "ddpm", "untrained")
@@ -47,8 +48,7 @@ def reference_clips(cfg, count: int) -> tuple[ClipDataset, list[int]]:
 
 def load_variant(cfg, variant: str) -> Generator:
     """The generator of a variant; `untrained` = the rf DiT re-initialised with the run's seed."""
-    gen = load_generator(f"checkpoints/dit_{'ddpm' if variant == 'ddpm' else 'rf'}.safetensors",
-                         cfg.vqvae.checkpoint, cfg.text)
+    gen = load_generator(checkpoint_path(cfg, "ddpm" if variant == "ddpm" else "rf"), cfg.vqvae.checkpoint, cfg.text)
     if variant == "untrained":  # exactly the weights train_dit starts from
         seed_everything(int(cfg.train_dit.seed))
         gen.dit = DiT(gen.dit.cfg).eval()
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     gen = load_variant(cfg, args.variant)
     ds, indices = reference_clips(cfg, int(cfg.diffusion.sample.clips))
-    out = f"samples/{args.variant}"
+    out = f"{cfg.diffusion.samples}/{args.variant}"
     clips = list(generate_set(gen, cfg, ds, indices, not args.no_progress))
     seconds = time.perf_counter() - started
     source = {"variant": args.variant, "objective": gen.meta["objective"], "real_split": str(cfg.eval.real_split),

@@ -7,7 +7,7 @@
 Reads params.yaml (`dit`, `diffusion`, `train_dit`, `text.cache`, `vqvae.latents`). Trains through
 the shared loop in `<train_dit.out_dir>/<objective>` (resumable; a run of other inputs is cleared
 first, osplab.train.provenance), logging the training loss and, at every checkpoint, the
-validation loss on a fixed t-grid. Exports the EMA weights to `checkpoints/dit_<objective>.safetensors`
+validation loss on a fixed t-grid. Exports the EMA weights to `<diffusion.checkpoints>/dit_<objective>.safetensors`
 with everything sampling needs and checks in the metadata (`osplab.generate.load_generator`):
 model config, objective and diffusion settings, latent normalisation, the text encoder's identity,
 the VQVAE checkpoint's sha256, the composed config, git commit and package versions. Writes
@@ -29,7 +29,7 @@ from osplab.data.text_cache import read_manifest as read_text_manifest
 from osplab.io import atomic_write_json
 from osplab.models.dit import DiT, DiTConfig
 from osplab.provenance import run_record
-from osplab.tasks.dit import OBJECTIVES, build_task
+from osplab.tasks.dit import OBJECTIVES, build_task, checkpoint_path
 from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
 from osplab.train import seed_everything, train
 from osplab.train.provenance import claim_stage_run
@@ -39,12 +39,8 @@ def plain(node):
     return OmegaConf.to_container(node, resolve=True)
 
 
-def checkpoint_path(objective: str) -> str:
-    return f"checkpoints/dit_{objective}.safetensors"
-
-
 def export(model: DiT, task, cfg, objective: str, train_cfg: TrainConfig) -> dict:
-    """EMA weights + metadata (JSON strings) to checkpoints/dit_<objective>.safetensors."""
+    """EMA weights + metadata (JSON strings) to <diffusion.checkpoints>/dit_<objective>.safetensors."""
     latents = LatentDataset(cfg.vqvae.latents, "val")
     meta = {
         "format": "osplab-dit/1",
@@ -59,7 +55,7 @@ def export(model: DiT, task, cfg, objective: str, train_cfg: TrainConfig) -> dic
         "config": json.dumps(plain(cfg)),
         "record": json.dumps(run_record()),
     }
-    path = checkpoint_path(objective)
+    path = checkpoint_path(cfg, objective)
     save_tensors_atomic(read_weights(train_cfg.checkpoint_dir, "ema"), path, metadata=meta)
     return meta
 

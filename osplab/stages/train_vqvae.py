@@ -2,8 +2,12 @@
 
     python -m osplab.stages.train_vqvae                        # one process
     torchrun --nproc_per_node=N -m osplab.stages.train_vqvae   # DDP (what dvc.yaml runs)
+    python -m osplab.stages.train_vqvae [--multirun] [hydra/launcher=slurm] OVERRIDES...   # Hydra
 
-Reads params.yaml (`vqvae`, `train_vqvae`, `eval.ssim`, `data.root`). Before training, the model is
+Reads params.yaml (`vqvae`, `train_vqvae`, `eval.ssim`, `data.root`); given Hydra overrides or
+--multirun it composes conf/ instead and writes the metrics and preview into the Hydra job's output
+folder (the weights still go to `vqvae.checkpoint`, the run to `train_vqvae.out_dir`: give each job
+of a sweep its own, e.g. `train_vqvae.out_dir=runs/sweep/${hydra:job.num}`). Before training, the model is
 initialised from a seeded subset of training crops (`vqvae.init_clips`: PCA stem for arch=patch,
 k-means codebook; its numbers are saved as init_* metrics and in `<out_dir>/init.json`). Writes the weights to
 `vqvae.checkpoint` (safetensors, with the model config in its metadata), metrics/vqvae.json
@@ -18,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from osplab.config import load_params
+from osplab.config import load_params, run_hydra, run_with_config_errors, wants_hydra
 from osplab.data.clips import ClipDataset
 from osplab.io import atomic_write_json
 from osplab.train.checkpoint import latest_checkpoint
@@ -89,13 +94,30 @@ def claim_run(cfg, train_cfg: TrainConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    started = time.perf_counter()
+    """The DVC path (params.yaml) or, given Hydra arguments, the Hydra app (see the module docstring)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_hydra(argv):
+        run_hydra(hydra_task, argv)
+        return {}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--metrics", default="metrics/vqvae.json")
     parser.add_argument("--recon", default="reports/vqvae_recon.png")
     args = parser.parse_args(argv)
-    cfg = load_params(args.params)
+    return run(load_params(args.params), args)
+
+
+def hydra_task(cfg) -> dict:
+    """One Hydra job (possibly on a launcher's worker): outputs beside the job's .hydra/ record."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    return run(cfg, argparse.Namespace(metrics=out / "vqvae.json", recon=out / "vqvae_recon.png"))
+
+
+def run(cfg, args) -> dict:
+    """Train, export and evaluate with the composed settings `cfg`; `args.metrics`/`args.recon`: outputs."""
+    started = time.perf_counter()
     env = init_distributed()
     train_cfg = TrainConfig.from_dict(plain(cfg.train_vqvae), prefix="train_vqvae")
     claim_run(cfg, train_cfg)
@@ -113,4 +135,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_with_config_errors(main))

@@ -91,6 +91,11 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in ("x", "text", "mask")}
 
 
+def checkpoint_path(cfg, objective: str) -> str:
+    """Where train_dit exports the DiT of `objective` (`diffusion.checkpoints`); sampling reads it there."""
+    return f"{cfg.diffusion.checkpoints}/dit_{objective}.safetensors"
+
+
 def device_generator(device: torch.device) -> torch.Generator:
     """The global torch RNG of `device` (the one the training loop checkpoints and restores)."""
     if device.type == "cuda":
