@@ -127,22 +127,23 @@ def test_missing_source_is_a_clear_error(tmp_path):
         convert(tmp_path / "nope", tmp_path / "dst", config(), shard_size=2, progress=False)
 
 
-def test_truncated_video_is_reported_and_skipped(tmp_path):
-    """A real 200-frame AVI cut to half its bytes still opens and decodes ~1/4 of its frames."""
-    whole = tmp_path / "Cls" / "v_Cls_g01_c01.avi"
+@pytest.mark.parametrize("ext", [".avi", ".mkv"])  # frame count in the header / only a duration
+def test_truncated_video_is_reported_and_skipped(tmp_path, ext):
+    """A real 200-frame video cut to half its bytes still opens but decodes only part of its frames."""
+    whole = tmp_path / "Cls" / f"v_Cls_g01_c01{ext}"
     encode(whole, frames=200)
     frames = video_folder.decode_frames(whole, config(stride=1))
     assert len(frames) == 200  # the intact file decodes completely: no false alarm
-    half = tmp_path / "Cls" / "v_Cls_g02_c01.avi"
+    half = tmp_path / "Cls" / f"v_Cls_g02_c01{ext}"
     half.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with av.open(str(half)) as box:  # the header still declares every frame, fewer decode
-        declared = box.streams.video[0].frames
+        declared = video_folder.declared_frames(box, box.streams.video[0])
         decoded = sum(1 for _ in box.decode(video=0))
     assert declared == 200 and 8 <= decoded < 190  # long enough for a clip: only the new check catches it
     with pytest.raises(video_folder.SkipVideo, match=f"truncated: decoded {decoded} of the 200 frames"):
         video_folder.decode_frames(half, config(stride=1))
-    report = convert(tmp_path, tmp_path / "store", config(stride=1, val_fraction=0, test_fraction=0),
-                     shard_size=2, progress=False)
+    report = convert(tmp_path, tmp_path / "store", config(stride=1, val_fraction=0, test_fraction=0,
+                     extensions=[ext]), shard_size=2, progress=False)
     assert report["read"] == 1 and report["skipped"] == 1 and "truncated" in report["reasons"][str(half.relative_to(tmp_path))]
 
 

@@ -95,12 +95,18 @@ def resize_crop(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(img)[top:top + height, left:left + width]
 
 
-def declared_frames(stream) -> int | None:
-    """Frame count the container declares for a video stream (header, or duration x frame rate); None if unknown."""
+def declared_frames(container, stream) -> int | None:
+    """Frame count the container declares for a video stream -> int, or None if it declares nothing.
+
+    The stream header's count (AVI, MP4), else its duration x frame rate, else the container's
+    duration (microseconds, the only one Matroska/WebM store up front) x frame rate."""
     if stream.frames:
         return int(stream.frames)
-    if stream.duration and stream.time_base and stream.average_rate:
-        return int(round(float(stream.duration * stream.time_base * stream.average_rate)))
+    rate = stream.average_rate
+    if stream.duration and stream.time_base and rate:
+        return int(round(float(stream.duration * stream.time_base * rate)))
+    if container.duration and rate:
+        return int(round(container.duration / 1e6 * float(rate)))
     return None
 
 
@@ -128,7 +134,7 @@ def decode_frames(path: Path, cfg: VideoFolderConfig) -> np.ndarray:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise SkipVideo("no video stream")
-            declared = declared_frames(container.streams.video[0])
+            declared = declared_frames(container, container.streams.video[0])
             for i, frame in enumerate(container.decode(video=0)):
                 decoded += 1
                 if i % cfg.stride == 0:
