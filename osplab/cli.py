@@ -31,7 +31,11 @@ def _synth(args) -> int:
     if cfg.data.kind != "synthetic":
         raise SystemExit(f"data group is {cfg.data.kind!r}; `osplab data synth` needs data=synthetic")
     start = time.perf_counter()
-    manifest = generate_store(cfg.data.root, SynthConfig.from_conf(cfg.data.synthetic), cfg.data.shard_size)
+    try:
+        manifest = generate_store(cfg.data.root, SynthConfig.from_conf(cfg.data.synthetic), cfg.data.shard_size)
+    except FileExistsError as err:  # data.root is a file or someone else's folder: nothing was touched
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {sum(manifest['clips'].values())} clips {manifest['clips']} ({manifest['bytes'] / 1e6:.1f} MB, "
           f"{len(manifest['shards'])} shards) to {cfg.data.root} in {time.perf_counter() - start:.1f} s")
     return 0

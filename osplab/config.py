@@ -81,7 +81,9 @@ def _config_error_types() -> tuple[type[BaseException], ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    return ConfigError, HydraException, OmegaConfBaseException
+    from osplab.checks import SettingError
+
+    return ConfigError, SettingError, HydraException, OmegaConfBaseException
 
 
 def describe_config_error(err: BaseException) -> str:
