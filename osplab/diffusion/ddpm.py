@@ -30,6 +30,8 @@ from typing import Callable
 
 import torch
 
+from osplab.diffusion.losses import checked, weighted_mse
+
 PredictFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 # The published beta ranges of the two linear schedules (facts of the schedule names, not settings).
@@ -155,15 +157,8 @@ class DDPM:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         if i.shape != (batch,) or noise.shape != x0.shape:
             raise ValueError(f"i must be ({batch},) and noise {tuple(x0.shape)}; got {tuple(i.shape)}, {tuple(noise.shape)}")
-        pred = fn(self.add_noise(x0, noise, i), self.model_time(i))
-        if pred.shape != x0.shape:
-            raise ValueError(f"the model returned shape {tuple(pred.shape)} for an input of shape {tuple(x0.shape)}")
-        per_sample = (pred - self.target(x0, noise, i)).square().flatten(1).mean(1)
-        if weights is None:
-            return per_sample.mean()
-        if weights.shape != (batch,):
-            raise ValueError(f"weights must have shape ({batch},), got {tuple(weights.shape)}")
-        return (weights.to(per_sample.dtype) * per_sample).mean()
+        pred = checked(fn(self.add_noise(x0, noise, i), self.model_time(i)), x0)
+        return weighted_mse(pred, self.target(x0, noise, i), weights)
 
     @torch.no_grad()
     def loss_on_grid(self, fn: PredictFn, x0: torch.Tensor, noise: torch.Tensor, indices) -> torch.Tensor:

@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from osplab.diffusion.losses import checked, weighted_mse
+
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TIMESTEP_KINDS = ("uniform", "logit_normal")
 SAMPLERS = ("euler", "heun")
@@ -87,13 +89,7 @@ def loss(
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     if t.shape != (batch,) or noise.shape != x0.shape:
         raise ValueError(f"t must be ({batch},) and noise {tuple(x0.shape)}; got {tuple(t.shape)}, {tuple(noise.shape)}")
-    pred = _checked(fn(interpolate(x0, noise, t), t), x0)
-    per_sample = (pred - (noise - x0)).square().flatten(1).mean(1)  # (B,)
-    if weights is None:
-        return per_sample.mean()
-    if weights.shape != (batch,):
-        raise ValueError(f"weights must have shape ({batch},), got {tuple(weights.shape)}")
-    return (weights.to(per_sample.dtype) * per_sample).mean()
+    return weighted_mse(checked(fn(interpolate(x0, noise, t), t), x0), noise - x0, weights)
 
 
 @torch.no_grad()
@@ -106,13 +102,6 @@ def loss_on_grid(fn: VelocityFn, x0: torch.Tensor, noise: torch.Tensor, grid) ->
     """
     batch = x0.shape[0]
     return torch.stack([loss(fn, x0, t=torch.full((batch,), float(t), device=x0.device), noise=noise) for t in grid])
-
-
-def _checked(pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The model must return x's shape: a broadcastable shape would silently give a wrong loss or sample."""
-    if pred.shape != x.shape:
-        raise ValueError(f"the model returned shape {tuple(pred.shape)} for an input of shape {tuple(x.shape)}")
-    return pred
 
 
 def time_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -158,11 +147,11 @@ def sample(
     for i in tqdm(range(steps), desc=f"rf {sampler}", disable=not progress):
         t_cur = torch.full((batch,), grid[i], dtype=noise.dtype, device=noise.device)
         dt = grid[i + 1] - grid[i]  # negative: time runs from noise to data
-        v = _checked(fn(x, t_cur), x)
+        v = checked(fn(x, t_cur), x)
         x_next = x + dt * v
         if sampler == "heun":
             t_next = torch.full_like(t_cur, grid[i + 1])
-            x_next = x + dt * 0.5 * (v + _checked(fn(x_next, t_next), x))
+            x_next = x + dt * 0.5 * (v + checked(fn(x_next, t_next), x))
         x = x_next
         if return_trajectory:
             trajectory.append(x)
