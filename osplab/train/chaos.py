@@ -36,8 +36,7 @@ TOY_ARGS = ["train.steps=240", "train.global_batch=16", "train.micro_batch=4", "
             "train.keep_checkpoints=2", "train.log_every=1", "train.lr=1e-3", "train.lr_schedule=cosine",
             "train.warmup_steps=5", "train.ema_decay=0.9", "train.precision=fp32", "train.num_threads=1",
             "train.num_workers=0", "train.seed=5", "toy.n_samples=200", "toy.hidden=64", "toy.depth=3"]
-STAGE_PARAMS = ["profile=smoke", "train_vqvae.out_dir=runs/vqvae", "train_vqvae.steps=60", "train_vqvae.checkpoint_every=3",
-                "train_vqvae.log_every=1"]
+STAGE_PARAMS = ["profile=smoke", "train_vqvae.steps=60", "train_vqvae.checkpoint_every=3", "train_vqvae.log_every=1"]
 
 
 def temporaries(folder: Path) -> int:
@@ -117,20 +116,21 @@ def compare_toy(ref: Path, run: Path) -> None:
 
 
 def stage_clone(work: Path, name: str) -> tuple[Path, dict]:
-    """A fresh clone of this repository (committed HEAD) with smoke params and smoke data."""
+    """A fresh clone of this repository (committed HEAD) with smoke params (dvc repro makes the data)."""
     clone = work / name
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
     env = run_env() | {"PYTHONPATH": str(clone), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    osplab = [sys.executable, "-m", "osplab.cli"]
-    subprocess.run(osplab + ["params", *STAGE_PARAMS], cwd=clone, env=env, check=True, capture_output=True)
-    subprocess.run(osplab + ["data", "synth", *STAGE_PARAMS], cwd=clone, env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "osplab.cli", "params", *STAGE_PARAMS], cwd=clone, env=env, check=True,
+                   capture_output=True)
     return clone, env
 
 
 def chaos_stage(kills: int, seed: int, work: Path) -> dict:
+    from omegaconf import OmegaConf
+
     cmd = [sys.executable, "-m", "dvc", "repro", "train_vqvae"]
-    weights = "checkpoints/vqvae.safetensors"
     ref, env = stage_clone(work, "reference")
+    weights = OmegaConf.load(ref / "params.yaml").vqvae.checkpoint
     subprocess.run(cmd, cwd=ref, env=env, check=True, capture_output=True)
     run, env = stage_clone(work, "killed")
 
