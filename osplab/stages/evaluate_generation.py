@@ -37,7 +37,7 @@ from osplab.io import atomic_write_json
 from osplab.metrics.judge import caption_accuracy, judge_clips
 from osplab.metrics.sanity import clip_features, fvd_result, fvd_window, usable_clips
 from osplab.stages.evaluate import real_side
-from osplab.stages.sample import load_variant
+from osplab.stages.sample import VARIANTS, load_variant
 from osplab.viz import samples_figure, save_figure
 
 
@@ -67,21 +67,60 @@ def one_clip_seconds(gen, caption: str, steps: int, cfg_scale: float, repeats: i
     return float(np.median(times[1:]))  # the first call warms up
 
 
+def judge_real(cfg, ecfg: dict, ids: list[str], captions: list[str], chance_seed: int) -> tuple[dict, list, list]:
+    """The judge on the generated clips' real counterparts (their FVD windows): with their own captions
+    (the judge's ceiling), with shuffled captions (chance) and through the VQVAE (the decoder's ceiling).
+    Returns (scores, real windows, verdict lines of the real clips)."""
+    from osplab.models.vqvae import tensor_to_video, video_to_tensor
+    from osplab.stages.encode import load_vqvae
+
+    val = ClipDataset(cfg.data.root, cfg.eval.real_split)
+    by_id = {r["id"]: i for i, r in enumerate(val.rows)}
+    real = [fvd_window(val[by_id[i]]["video"], ecfg["frames"], ecfg["stride"]) for i in ids]
+    out, lines = judged(real, captions, "caption_accuracy_real")
+    shuffled = [captions[j] for j in np.random.default_rng(chance_seed).permutation(len(captions))]
+    out.update(judged(real, shuffled, "caption_accuracy_chance")[0])
+    vqvae = load_vqvae(cfg.vqvae.checkpoint)
+    with torch.no_grad():
+        recon = [tensor_to_video(vqvae.decode(vqvae.encode(video_to_tensor(w))[0]))[0].numpy() for w in real]
+    out.update(judged(recon, captions, "caption_accuracy_recon")[0])
+    return out, real, lines
+
+
+def speed(cfg, captions: list[str]) -> dict:
+    """One-clip generation time and the DiT training step as a fraction of the fp32 matmul rate."""
+    s, b = cfg.diffusion.sample, cfg.diffusion.evaluate.bench
+    gen = load_variant(cfg, "rf")
+    seconds = one_clip_seconds(gen, captions[0], int(s.rf_steps), float(s.cfg),
+                               int(cfg.diffusion.evaluate.timing_repeats), bool(s.snap_to_codebook))
+    bench = dit_step_fraction(gen.dit, gen.latent_shape(16, 64, 64)[1:], int(cfg.train_dit.global_batch),
+                              gen.text.encode(captions[:1])[0].shape[1],
+                              Timing(int(b.repeats), int(b.warmup), float(b.min_seconds), int(b.max_repeats)),
+                              int(b.matmul_n))
+    return {f"sample_seconds_16f_{int(s.rf_steps)}steps": seconds,
+            "dit_fraction_of_peak": bench.pop("fraction_of_peak"), "dit_step": bench}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="sample sets to score (default: all; rf is required); e.g. before the DDPM "
+                             "baseline is trained: --variants rf untrained")
     args = parser.parse_args(argv)
+    if "rf" not in args.variants:
+        parser.error("--variants must include rf (its captions and timings are the reference)")
     cfg = load_params(args.params)
     progress, started = not args.no_progress, time.perf_counter()
     from osplab.metrics.i3d import load_i3d
-    from osplab.stages.encode import load_vqvae
 
     ecfg = OmegaConf.to_container(cfg.eval, resolve=True)
-    s, ev = cfg.diffusion.sample, cfg.diffusion.evaluate
+    s = cfg.diffusion.sample
     i3d = load_i3d(ecfg.get("device"))
     _, _, _, feats_real, _ = real_side(cfg, ecfg, i3d, cfg.eval.real_cache, progress, readonly=True)
-    names = {"rf": f"rf{int(s.rf_steps)}", "ddpm": f"ddpm{int(s.ddpm_steps)}", "untrained": "untrained"}
+    every = {"rf": f"rf{int(s.rf_steps)}", "ddpm": f"ddpm{int(s.ddpm_steps)}", "untrained": "untrained"}
+    names = {v: every[v] for v in VARIANTS if v in args.variants}
     samples = {v: ClipDataset(f"{cfg.diffusion.samples}/{v}", "sample") for v in names}
     clips = {v: [ds[i]["video"] for i in range(len(ds))] for v, ds in samples.items()}
     captions = samples["rf"].captions()
@@ -91,42 +130,20 @@ def main(argv: list[str] | None = None) -> dict:
         scores, verdicts[v] = judged(clips[v], samples[v].captions(), f"caption_accuracy_{v}")
         out.update(scores)
     out["caption_accuracy"] = out["caption_accuracy_rf"]
-
-    # the same real clips' FVD windows: judge ceiling, chance and the VQVAE's ceiling
-    val = ClipDataset(cfg.data.root, cfg.eval.real_split)
-    by_id = {r["id"]: i for i, r in enumerate(val.rows)}
-    real = [fvd_window(val[by_id[r["id"]]]["video"], ecfg["frames"], ecfg["stride"]) for r in samples["rf"].rows]
-    scores, verdicts["real"] = judged(real, captions, "caption_accuracy_real")
+    scores, real, verdicts["real"] = judge_real(cfg, ecfg, [r["id"] for r in samples["rf"].rows], captions,
+                                                int(cfg.diffusion.evaluate.chance_seed))
     out.update(scores)
-    shuffled = [captions[j] for j in np.random.default_rng(int(ev.chance_seed)).permutation(len(captions))]
-    out.update(judged(real, shuffled, "caption_accuracy_chance")[0])
-    vqvae = load_vqvae(cfg.vqvae.checkpoint)
-    from osplab.models.vqvae import tensor_to_video, video_to_tensor
-    with torch.no_grad():
-        recon = [tensor_to_video(vqvae.decode(vqvae.encode(video_to_tensor(w))[0]))[0].numpy() for w in real]
-    out.update(judged(recon, captions, "caption_accuracy_recon")[0])
-
     test = ClipDataset(cfg.data.root, "test")
     t_idx, _ = usable_clips(test, ecfg["frames"], ecfg["stride"], len(captions), ecfg["seed"])
     detail["fvd_floor"] = fvd_entry(feats_real, [test[i]["video"] for i in t_idx], ecfg, i3d, "I3D test", progress)
     out.update({k: d["fvd"] for k, d in detail.items()})
     out["rfvd_vqvae"] = json.loads(open("metrics/eval.json").read())["fvd"]
-
-    gen = load_variant(cfg, "rf")
-    out[f"sample_seconds_16f_{int(s.rf_steps)}steps"] = one_clip_seconds(
-        gen, captions[0], int(s.rf_steps), float(s.cfg), int(ev.timing_repeats), bool(s.snap_to_codebook))
-    b = ev.bench
-    bench = dit_step_fraction(gen.dit, gen.latent_shape(16, 64, 64)[1:], int(cfg.train_dit.global_batch),
-                              gen.text.encode(captions[:1])[0].shape[1],
-                              Timing(int(b.repeats), int(b.warmup), float(b.min_seconds), int(b.max_repeats)),
-                              int(b.matmul_n))
-    out["dit_fraction_of_peak"] = bench.pop("fraction_of_peak")
-    out.update({"dit_step": bench, "fvd_detail": detail, "clips": len(captions), "seconds": time.perf_counter() - started})
-
-    k = int(ev.figure_clips)
-    fig = samples_figure({"real": real[:k], names["rf"]: clips["rf"][:k], names["ddpm"]: clips["ddpm"][:k]},
-                         captions[:k], {"real": verdicts["real"][:k], names["rf"]: verdicts["rf"][:k],
-                                        names["ddpm"]: verdicts["ddpm"][:k]},
+    out.update(speed(cfg, captions))
+    out.update({"variants": list(names), "fvd_detail": detail, "clips": len(captions),
+                "seconds": time.perf_counter() - started})
+    k, shown = int(cfg.diffusion.evaluate.figure_clips), [v for v in ("rf", "ddpm") if v in names]
+    fig = samples_figure({"real": real[:k], **{names[v]: clips[v][:k] for v in shown}}, captions[:k],
+                         {"real": verdicts["real"][:k], **{names[v]: verdicts[v][:k] for v in shown}},
                          title=f"val captions; real 16-frame windows vs generated (CFG {float(s.cfg):g})")
     save_figure(fig, "reports/samples.png")
     atomic_write_json("metrics/generation.json", out)
