@@ -115,3 +115,16 @@ def test_objective_losses_at_fixed_draws(stores):
     assert cfg.diffusion.ddpm.prediction == "v"
     ddpm_loss = objective_loss("ddpm", cfg.diffusion, zero, batch, None, t, noise)
     assert float(ddpm_loss) == pytest.approx(float(v.square().mean()), rel=1e-5)
+
+
+def test_text_cache_replaces_its_own_store_but_not_a_user_folder(stores, tmp_path):
+    root, _ = stores
+    splits = {"val": (["a"], ["a red circle moves left"])}
+    write_text_cache(root / "text", FakeEncoder(), splits, batch=2, source={}, progress=False)  # over the old cache
+    assert TextCache(root / "text", "val").lookup(["a"])[0].shape[0] == 1
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="refusing to replace"):
+        write_text_cache(mine, FakeEncoder(), splits, batch=2, source={}, progress=False)
+    assert (mine / "notes.txt").read_text() == "keep" and not (mine / "manifest.json").exists()

@@ -43,7 +43,7 @@ def write_text_cache(root: str | Path, encoder, splits: dict[str, tuple[list[str
     token count, writes the cache atomically; returns the manifest."""
     embedded = {s: embed_captions(encoder, caps, batch, progress) for s, (_, caps) in splits.items()}
     length = max(int(m.sum(1).max()) for _, m in embedded.values())
-    with atomic_dir(root) as tmp:
+    with atomic_dir(root, family=FORMAT.split("/")[0]) as tmp:
         for split, (tokens, mask) in embedded.items():
             safetensors.torch.save_file({"tokens": tokens[:, :length].contiguous(),
                                          "mask": mask[:, :length].contiguous()}, str(tmp / f"{split}.safetensors"))
