@@ -60,6 +60,6 @@ def samples_figure(columns: dict[str, list[np.ndarray]], captions: list[str], ve
         axes[c * len(names), 0].set_title(caption, fontsize=7, loc="left")
     if title:
         fig.suptitle(title, fontsize=8)
-    top = 1 - 0.45 / fig.get_figheight()  # room for the title, in inches
+    top = 1 - 0.75 / fig.get_figheight()  # room for the title and the first caption, in inches
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.01, top=top, hspace=0.3, wspace=0.05)
     return fig
