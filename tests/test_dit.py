@@ -8,33 +8,7 @@ import torch
 from osplab.config import compose
 from osplab.models.dit import PRESETS, DiT, DiTConfig
 from osplab.models.embeddings import axis_dims, sincos_1d, sincos_3d
-
-C, D_TEXT = 8, 16
-
-
-def small_cfg(**over) -> DiTConfig:
-    base = dict(preset="tiny", in_channels=C, text_dim=D_TEXT, width=32, depth=2, heads=2, layout="full",
-                backend="sdpa", sparse_k=2, qk_norm=False, caption_dropout=0.0, seed=0)
-    return DiTConfig.from_dict({**base, **over})
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-zero weights everywhere (the zero init would make every output 0 and every test trivial)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return model
-
-
-def inputs(B=2, thw=(4, 6, 8), L=5, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, C, *thw, generator=gen)
-    t = torch.rand(B, generator=gen)
-    text = torch.randn(B, L, D_TEXT, generator=gen)
-    mask = torch.ones(B, L, dtype=torch.bool)
-    mask[0, 3:] = False  # sample 0 has 3 real tokens
-    return x, t, text, mask
+from osplab.models.testing import C, D_TEXT, inputs, randomize_, small_cfg  # noqa: F401
 
 
 def test_conf_default_is_the_tiny_preset():
