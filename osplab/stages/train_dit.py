@@ -31,7 +31,7 @@ from osplab.models.dit import DiT, DiTConfig
 from osplab.provenance import run_record
 from osplab.tasks.dit import OBJECTIVES, build_task, checkpoint_path
 from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
-from osplab.train import seed_everything, train
+from osplab.train import seed_everything, setup_logging, train
 from osplab.train.provenance import claim_stage_run
 
 
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cfg = load_params(args.params)
     env = init_distributed()
+    setup_logging(env)
     values = plain(cfg.train_dit)
     values["out_dir"] = str(Path(values["out_dir"]) / args.objective)
     train_cfg = TrainConfig.from_dict(values, prefix="train_dit")

@@ -37,7 +37,7 @@ from osplab.train.provenance import claim_stage_run
 from osplab.models.vqvae import VQVAE, VQVAEConfig
 from osplab.tasks.vqvae import build_task, evaluate, init_batches, reconstruct
 from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
-from osplab.train import seed_everything, train
+from osplab.train import seed_everything, setup_logging, train
 from osplab.viz import save_figure, video_grid
 
 
@@ -119,6 +119,7 @@ def run(cfg, args) -> dict:
     """Train, export and evaluate with the composed settings `cfg`; `args.metrics`/`args.recon`: outputs."""
     started = time.perf_counter()
     env = init_distributed()
+    setup_logging(env)
     train_cfg = TrainConfig.from_dict(plain(cfg.train_vqvae), prefix="train_vqvae")
     claim_run(cfg, train_cfg)
     seed_everything(train_cfg.seed)  # the same initial weights on every rank

@@ -14,7 +14,7 @@ See task.py for the contract a model fulfils, loop.py for the step, checkpoint.p
 from .checkpoint import (CheckpointError, Checkpointer, latest_checkpoint, load_tensors,
                          read_weights, save_tensors_atomic)
 from .config import TrainConfig
-from .distributed import DistEnv, cleanup_distributed, init_distributed, unwrap
+from .distributed import DistEnv, cleanup_distributed, init_distributed, setup_logging, unwrap
 from .ema import EMA
 from .loop import NonFiniteError, train
 from .sampler import BatchSampler, ShardedBatchSampler
@@ -23,7 +23,7 @@ from .task import Task
 
 __all__ = [
     "BatchSampler", "CheckpointError", "Checkpointer", "DistEnv", "EMA", "NonFiniteError",
-    "ShardedBatchSampler", "Task", "TrainConfig", "cleanup_distributed", "init_distributed",
+    "ShardedBatchSampler", "Task", "TrainConfig", "cleanup_distributed", "init_distributed", "setup_logging",
     "latest_checkpoint", "load_tensors", "read_weights", "save_tensors_atomic",
     "seed_everything", "train", "unwrap",
 ]

@@ -10,6 +10,7 @@ The backend follows the device: nccl on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from contextlib import nullcontext
@@ -97,6 +98,12 @@ def init_distributed() -> DistEnv:
         dist.init_process_group(backend, rank=rank, world_size=world,
                                 device_id=device if device.type == "cuda" else None)
     return DistEnv(rank, world, local, device)
+
+
+def setup_logging(env: DistEnv) -> None:
+    """Log INFO (resumes, warnings) on the main rank and WARNING elsewhere, each line tagged with its rank."""
+    logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
+                        format=f"[rank {env.rank}] %(levelname)s %(name)s: %(message)s")
 
 
 def cleanup_distributed() -> None:

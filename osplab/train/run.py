@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 from typing import Sequence
 
 from omegaconf import OmegaConf
 
 from .config import TrainConfig
-from .distributed import cleanup_distributed, init_distributed
+from .distributed import cleanup_distributed, init_distributed, setup_logging
 from .loop import train
 from .state import seed_everything
 from .toy import ToyConfig, build_toy_task
@@ -61,8 +60,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     train_cfg, toy_cfg = _configs_or_exit(args.conf, args.overrides)
     env = init_distributed()
-    logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
-                        format=f"[rank {env.rank}] %(levelname)s %(name)s: %(message)s")
+    setup_logging(env)
     seed_everything(train_cfg.seed)  # identical initial weights on every rank
     metrics = train(train_cfg, build_toy_task(toy_cfg))
     if env.is_main:
