@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from osplab.train.testing import REPO, read_checkpoint, read_curve, run_env, toy_command
+from osplab.train.testing import REPO, read_curve, run_env, toy_command
 
 TOY_ARGS = ["train.steps=240", "train.global_batch=16", "train.micro_batch=4", "train.checkpoint_every=3",
             "train.keep_checkpoints=2", "train.log_every=1", "train.lr=1e-3", "train.lr_schedule=cosine",
