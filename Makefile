@@ -8,7 +8,7 @@ export PYTHONHASHSEED := 0
 # Idle OpenMP threads sleep instead of spinning (spinning made tiny ops cost ~10 ms on a busy 2-core machine).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup test repro data params lock clean-venv chaos
+.PHONY: setup test repro data params lock clean-venv chaos readme
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ data: setup
 
 repro: setup
 	$(DVC) repro
+
+readme: setup
+	@# README's results table from the committed metrics files (tests/test_readme.py checks they agree).
+	$(BIN)/python -m osplab.readme
 
 test: setup
 	$(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider

@@ -48,6 +48,11 @@ def load_params(path: str | os.PathLike = "params.yaml") -> DictConfig:
     return OmegaConf.load(path)
 
 
+def plain(node):
+    """A config node as plain Python containers, interpolations resolved (for JSON, dataclasses)."""
+    return OmegaConf.to_container(node, resolve=True)
+
+
 def add_config_arguments(parser) -> None:
     """`--params PATH` (what DVC runs) and optional Hydra OVERRIDES (compose conf/ instead)."""
     parser.add_argument("--params", default="params.yaml", help="composed settings (default: params.yaml)")

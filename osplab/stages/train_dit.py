@@ -21,9 +21,8 @@ import json
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
-from osplab.config import load_params
+from osplab.config import load_params, plain
 from osplab.data.latents import LatentDataset
 from osplab.data.text_cache import read_manifest as read_text_manifest
 from osplab.io import atomic_write_json
@@ -33,10 +32,6 @@ from osplab.tasks.dit import OBJECTIVES, build_task, checkpoint_path
 from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
 from osplab.train import seed_everything, setup_logging, train
 from osplab.train.provenance import claim_stage_run
-
-
-def plain(node):
-    return OmegaConf.to_container(node, resolve=True)
 
 
 def export(model: DiT, task, cfg, objective: str, train_cfg: TrainConfig) -> dict:

@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from osplab.config import load_params, run_hydra, run_with_config_errors, wants_hydra
+from osplab.config import load_params, plain, run_hydra, run_with_config_errors, wants_hydra
 from osplab.data.clips import ClipDataset
 from osplab.io import atomic_write_json
 from osplab.train.checkpoint import latest_checkpoint
@@ -39,10 +38,6 @@ from osplab.tasks.vqvae import build_task, evaluate, init_batches, reconstruct
 from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
 from osplab.train import seed_everything, setup_logging, train
 from osplab.viz import save_figure, video_grid
-
-
-def plain(node) -> dict:
-    return OmegaConf.to_container(node, resolve=True)
 
 
 def export_and_evaluate(model: VQVAE, cfg, train_cfg: TrainConfig, args, started: float, train_metrics: dict,

@@ -18,6 +18,7 @@ with fixed noise, logged at every checkpoint next to the training loss (`val/los
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import zip_longest
 
 import torch
@@ -104,8 +105,14 @@ def device_generator(device: torch.device) -> torch.Generator:
 
 
 def make_ddpm(d) -> DDPM:
-    """The DDPM of the `diffusion.ddpm` settings (a DictConfig or a plain dict)."""
-    return DDPM(int(d["num_train_timesteps"]), d["schedule"], d["prediction"], bool(d["zero_terminal_snr"]))
+    """The DDPM of the `diffusion.ddpm` settings (a DictConfig or a plain dict); built once per
+    distinct setting (the training loss asks for it at every step)."""
+    return _ddpm(int(d["num_train_timesteps"]), str(d["schedule"]), str(d["prediction"]), bool(d["zero_terminal_snr"]))
+
+
+@lru_cache(maxsize=8)
+def _ddpm(steps: int, schedule: str, prediction: str, zero_terminal_snr: bool) -> DDPM:
+    return DDPM(steps, schedule, prediction, zero_terminal_snr)
 
 
 def objective_loss(objective: str, diffusion_cfg, model: nn.Module, batch: dict, generator: torch.Generator,
