@@ -33,7 +33,7 @@ repro: setup
 	$(DVC) repro
 
 readme: setup
-	@# README's results table from the committed metrics files (tests/test_readme.py checks they agree).
+	@# README's results table from the committed metrics files (tests/test_readme_results.py checks they agree).
 	$(BIN)/python -m osplab.readme
 
 test: setup

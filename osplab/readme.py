@@ -5,7 +5,7 @@
     make readme                        # the same as the first line
 
 Every number in the block comes from a file a DVC stage writes (`metrics/*.json`,
-`reports/fvd_sanity.json`); `tests/test_readme.py` fails when README.md and those files disagree,
+`reports/fvd_sanity.json`); `tests/test_readme_results.py` fails when README.md and those files disagree,
 so a re-run of `dvc repro` is followed by `make readme` and both are committed together.
 Observations that are not numbers (what the figures show) stay in the prose around the block.
 """
@@ -93,12 +93,19 @@ def sanity_row(root: Path) -> str:
     return _row("`fvd_sanity`", "`reports/fvd_sanity.md`, `reports/fvd_sanity.json`", text)
 
 
+def _preset(root: Path) -> str:
+    """The DiT size preset of params.yaml (the settings the stages ran with)."""
+    import yaml
+
+    return yaml.safe_load((root / "params.yaml").read_text())["dit"]["preset"]
+
+
 def dit_row(root: Path) -> str:
     rf, ddpm = _load(root, "metrics/dit_rf.json"), _load(root, "metrics/dit_ddpm.json")
     return _row(f"`train_dit@rf` ({rf['steps']} steps x {rf['global_batch']}, {_f(rf['stage_seconds'])} s); "
                 f"`train_dit@ddpm` (same budget, {_f(ddpm['stage_seconds'])} s)",
                 "`metrics/dit_rf.json`, `metrics/dit_ddpm.json`",
-                f"tiny DiT, {rf['params']} parameters; validation loss (fixed t-grid, fixed val latents; curves in "
+                f"{_preset(root)} DiT, {rf['params']} parameters; validation loss (fixed t-grid, fixed val latents; curves in "
                 f"`runs/dit/<objective>/live`; each objective's own loss, not comparable across them) RF {_f(rf['val_loss'], 3)}, DDPM {_f(ddpm['val_loss'], 3)}; training "
                 f"loss RF {_f(rf['train_loss'], 3)}, DDPM {_f(ddpm['train_loss'], 3)}")
 

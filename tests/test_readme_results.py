@@ -17,7 +17,7 @@ def test_readme_matches_the_committed_metrics():
 
 
 def test_check_fails_when_a_metric_changes(tmp_path):
-    for name in ("README.md", "metrics", "reports"):
+    for name in ("README.md", "params.yaml", "metrics", "reports"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     assert readme.main(["--check", "--root", str(tmp_path)]) == 0
