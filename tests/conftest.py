@@ -25,8 +25,8 @@ def smoke_store(tmp_path_factory, smoke_cfg):
 
 @pytest.fixture(scope="session")
 def stage2_pipeline(tmp_path_factory):
-    """A working folder in which the whole smoke stage-2 pipeline ran (osplab.train.testing.STAGE2_CHAIN):
+    """A working folder in which the whole smoke stage-2 pipeline ran (tests/stage2_smoke.py):
     smoke VQVAE, latents, text cache, RF and DDPM DiTs, samples, metrics. Built once per session."""
-    from osplab.train.testing import run_stage2_smoke
+    from stage2_smoke import run_stage2_smoke
 
     return run_stage2_smoke(tmp_path_factory.mktemp("stage2"))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from osplab.config import load_params
-from osplab.train.testing import run_python
+from stage2_smoke import run_python
 
 CAPTION = "a small red circle moves left slowly"
 REPO = Path(__file__).resolve().parents[1]

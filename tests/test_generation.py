@@ -13,8 +13,8 @@ import pytest
 import safetensors.torch
 
 from osplab.config import load_params
-from osplab.train.testing import STAGE2_OVERRIDES as OVERRIDES
-from osplab.train.testing import run_python as run
+from stage2_smoke import STAGE2_OVERRIDES as OVERRIDES
+from stage2_smoke import run_python as run
 
 
 @pytest.fixture(scope="module")
