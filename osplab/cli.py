@@ -8,6 +8,8 @@
                                                      DiT parameters, FLOPs per step, activation memory
     osplab sample "CAPTION" [--frames 16 --steps 50 --cfg 4 --out clip.mp4]
                                                      text to video with the trained checkpoints
+    osplab demo [--checkpoint DIT ...] [--port 7860] [--host 127.0.0.1] [--share]
+                                                     the same in a Gradio page (osplab.demo)
 
 OVERRIDES are Hydra overrides of conf/, e.g. `profile=smoke` or `data.synthetic.seed=7`.
 A config error (unknown profile or key) prints one line; `--trace` (or OSPLAB_TRACE=1) shows the trace.
@@ -98,6 +100,15 @@ def _sample(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    """`osplab demo`: serve the Gradio page until Ctrl-C."""
+    from osplab.demo import launch
+
+    cfg = compose(args.override) if args.override else load_params(args.params)
+    launch(cfg, args.checkpoint or None, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
 def _numbered(path: str, i: int) -> str:
     from pathlib import Path
 
@@ -148,6 +159,16 @@ def _main(argv: list[str] | None) -> int:
     smp.add_argument("-O", "--override", action="append", default=[], metavar="KEY=VALUE",
                      help="compose conf/ with this Hydra override instead of reading --params (repeatable)")
     smp.set_defaults(run=_sample)
+    demo = sub.add_parser("demo", help="a Gradio page for text to video with the trained checkpoints")
+    demo.add_argument("--checkpoint", action="append", default=[], metavar="DIT",
+                      help="DiT checkpoint to serve (repeatable; default: dit_rf and dit_ddpm of diffusion.checkpoints)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    demo.add_argument("--params", default="params.yaml", help="settings the checkpoints were trained with")
+    demo.add_argument("-O", "--override", action="append", default=[], metavar="KEY=VALUE",
+                      help="compose conf/ with this Hydra override instead of reading --params (repeatable)")
+    demo.set_defaults(run=_demo)
     for p in (synth, folder, params, show, est):
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=smoke")
     args = parser.parse_args(argv)

@@ -21,3 +21,12 @@ def smoke_store(tmp_path_factory, smoke_cfg):
     root = tmp_path_factory.mktemp("store") / "raw"
     generate_store(root, SynthConfig.from_conf(smoke_cfg.data.synthetic), smoke_cfg.data.shard_size, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def stage2_pipeline(tmp_path_factory):
+    """A working folder in which the whole smoke stage-2 pipeline ran (tests/stage2_smoke.py):
+    smoke VQVAE, latents, text cache, RF and DDPM DiTs, samples, metrics. Built once per session."""
+    from stage2_smoke import run_stage2_smoke
+
+    return run_stage2_smoke(tmp_path_factory.mktemp("stage2"))

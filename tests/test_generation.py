@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -15,42 +13,14 @@ import pytest
 import safetensors.torch
 
 from osplab.config import load_params
-from osplab.train.testing import run_env
-
-CHAIN = [
-    ["-m", "osplab.stages.raw", "--no-progress"],
-    ["-m", "osplab.stages.train_vqvae"],
-    ["-m", "osplab.stages.encode", "--no-progress", "--out", "data/smoke/latents"],
-    ["-m", "osplab.stages.evaluate", "--real-only", "--no-progress", "--real-cache", "data/smoke/eval/real_val_i3d.npz"],
-    ["-m", "osplab.stages.evaluate", "--no-progress", "--real-cache", "data/smoke/eval/real_val_i3d.npz"],
-    ["-m", "osplab.stages.embed_text", "--no-progress"],
-    ["-m", "osplab.stages.train_dit", "--objective", "rf"],
-    ["-m", "osplab.stages.train_dit", "--objective", "ddpm"],
-    ["-m", "osplab.stages.sample", "--variant", "rf", "--no-progress"],
-    ["-m", "osplab.stages.sample", "--variant", "ddpm", "--no-progress"],
-    ["-m", "osplab.stages.sample", "--variant", "untrained", "--no-progress"],
-    ["-m", "osplab.stages.evaluate_generation", "--no-progress"],
-]
-# The smoke profile, with a DiT step benchmark that takes a second instead of several.
-OVERRIDES = ["profile=smoke", "diffusion.evaluate.bench.min_seconds=0", "diffusion.evaluate.bench.repeats=2"]
-
-
-def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=run_env(), capture_output=True, text=True,
-                          timeout=900)
-    if check:
-        assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}"
-    return proc
+from stage2_smoke import STAGE2_OVERRIDES as OVERRIDES
+from stage2_smoke import run_python as run
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Path:
-    """A working folder in which the whole smoke pipeline ran, stage by stage (as dvc.yaml runs them)."""
-    root = tmp_path_factory.mktemp("stage2")
-    run(["-m", "osplab.cli", "params", *OVERRIDES, "--out", "params.yaml"], root)
-    for args in CHAIN:
-        run(args, root)
-    return root
+def pipeline(stage2_pipeline) -> Path:
+    """The folder in which the whole smoke stage-2 pipeline ran (tests/conftest.py, shared with test_demo)."""
+    return stage2_pipeline
 
 
 def test_generation_metrics_are_complete_and_sane(pipeline: Path) -> None:
