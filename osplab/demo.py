@@ -97,12 +97,16 @@ class DemoBackend:
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="osplab-demo-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.examples = val_captions(cfg)
+        self._shapes = self._trained_shapes()
         self._cancel = threading.Event()
         self._counter = itertools.count()
 
     # ----------------------------------------------------------------------------- what the page offers
     def shapes(self) -> dict[str, tuple[int, int, int]]:
         """label -> (frames, height, width) of every latent shape the served DiTs trained on."""
+        return dict(self._shapes)
+
+    def _trained_shapes(self) -> dict[str, tuple[int, int, int]]:
         out: dict[str, tuple[int, int, int]] = {}
         for gen in self.generators.values():
             ft, fh, fw = gen.vqvae.cfg.downsample
@@ -154,10 +158,10 @@ class DemoBackend:
                 raise ValueError("give frames, height and width (positive numbers) for an untrained shape")
             f, h, w = int(frames), int(height), int(width)
         else:
-            if shape not in self.shapes():
-                raise ValueError(f"shape {shape!r} is not one the model trained on; choose one of {list(self.shapes())} "
+            if shape not in self._shapes:
+                raise ValueError(f"shape {shape!r} is not one the model trained on; choose one of {list(self._shapes)} "
                                  "or tick 'untrained shape'")
-            f, h, w = self.shapes()[shape]
+            f, h, w = self._shapes[shape]
         steps, seed = int(steps), int(seed)
         self._cancel.clear()
 
@@ -180,7 +184,7 @@ class DemoBackend:
         command = " ".join(["osplab", "sample", shlex.quote(caption), "--frames", str(f), "--size", str(h), str(w),
                             "--steps", str(steps), "--cfg", f"{float(cfg_scale):g}", "--seed", str(seed),
                             "--objective", objective, "--sampler", name, "--out", "clip.mp4"])
-        notes = [f"> ⚠️ {w.message}" for w in caught if issubclass(w.category, UserWarning)]
+        notes = [f"> ⚠️ {warning.message}" for warning in caught if issubclass(warning.category, UserWarning)]
         info = "\n".join([
             f"**{seconds:.1f} s** on {'CPU' if next(gen.dit.parameters()).device.type == 'cpu' else 'GPU'}: "
             f"{f} frames at {h}x{w}, {sampler}, {steps} steps, guidance {float(cfg_scale):g}, seed {seed}",
