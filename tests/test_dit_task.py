@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +73,31 @@ def test_latent_norm_equals_a_direct_computation(stores):
     assert norm.scale == pytest.approx(float(every.std(unbiased=False)), rel=1e-9)
     z = torch.randn(3, 5)
     assert torch.allclose(norm.denormalize(norm.normalize(z)), z, atol=1e-6)
+
+
+def test_latent_norm_caps_only_the_channels_above_the_limit(stores):
+    root, _ = stores
+    latents = LatentDataset(root / "latents", "train")
+    plain = LatentNorm.measure(latents)
+    every = torch.cat([latents.latents(latents[i]["indices"]).flatten(1) for i in range(len(latents))], dim=1)
+    std_c = every.double().std(dim=1, unbiased=False) / plain.scale  # (C,) in global units
+    cap = float(std_c.sort().values[-2])  # the largest channel is above it, the others at or below
+    norm = LatentNorm.measure(latents, max_channel_std=cap)
+    assert (norm.mean, norm.scale) == (plain.mean, plain.scale)
+    x = norm.normalize(every.double()[:, :, None, None, None].movedim(1, 0)).movedim(0, 1).flatten(1)
+    after = x.std(dim=1, unbiased=False)
+    top = int(std_c.argmax())
+    assert float(after[top]) == pytest.approx(cap, rel=1e-6)  # scaled down to the cap exactly
+    others = torch.arange(len(std_c)) != top
+    assert torch.allclose(after[others], std_c[others], rtol=1e-6)  # the rest keep the global scale
+    again = LatentNorm(**json.loads(json.dumps(norm.to_dict())))  # as sampling reads it from a checkpoint
+    assert again == norm
+    z = torch.randn(2, len(std_c), 1, 2, 2)
+    assert torch.allclose(again.denormalize(again.normalize(z)), z, atol=1e-6)
+    with pytest.raises(ValueError, match="C="):
+        norm.normalize(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="max_channel_std"):
+        LatentNorm.measure(latents, max_channel_std=0.0)
 
 
 def test_items_batches_and_validation_set(stores):

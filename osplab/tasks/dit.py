@@ -38,13 +38,26 @@ OBJECTIVES = ("rf", "ddpm")
 
 @dataclass(frozen=True)
 class LatentNorm:
-    """x = (z - mean) / scale with scalars measured over every latent value of the train split."""
+    """x = (z - mean) / (scale * channel), with a scalar mean and scale measured over every latent
+    value of the train split and per-channel factors `channel` (C,) >= 1 (None = all 1).
+
+    The factors cap the spectrum: a channel whose std exceeds `max_channel_std` (in units of the
+    global scale) is scaled down to exactly that; every other channel keeps its place in the
+    spectrum. Why: the latents are PCA coefficients, and with one global scale the first one has
+    std 6.4, so where an object goes is decided by noise at t > 0.9; standardising every channel
+    instead inflates the near-noise components (shared/FACTS.md).
+    """
 
     mean: float
     scale: float
+    channel: tuple[float, ...] | None = None
+
+    def __post_init__(self):  # a list from a checkpoint's JSON becomes a tuple (frozen, hashable)
+        if self.channel is not None:
+            object.__setattr__(self, "channel", tuple(float(c) for c in self.channel))
 
     @classmethod
-    def measure(cls, latents: LatentDataset) -> "LatentNorm":
+    def measure(cls, latents: LatentDataset, max_channel_std: float | None = None) -> "LatentNorm":
         """Exact, from code counts: sum z = sum_k n_k c_k and sum z^2 = sum_k n_k |c_k|^2 (float64)."""
         counts = torch.zeros(len(latents.codebook), dtype=torch.float64)
         for i in range(len(latents)):
@@ -53,26 +66,46 @@ class LatentNorm:
         n = counts.sum() * book.shape[1]
         mean = float((counts @ book).sum() / n)
         var = float((counts @ book.square()).sum() / n) - mean**2
-        return cls(mean, var**0.5)
+        if max_channel_std is None:
+            return cls(mean, var**0.5)
+        if not max_channel_std > 0:
+            raise ValueError(f"max_channel_std must be > 0 (or null for one global scale), got {max_channel_std}")
+        p = counts / counts.sum()
+        std_c = ((p @ book.square()) - (p @ book).square()).clamp_min(0).sqrt() / var**0.5  # (D,) in global units
+        channel = (std_c / max_channel_std).clamp_min(1.0)
+        return cls(mean, var**0.5, tuple(float(c) for c in channel))
 
-    def to_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "scale": self.scale}
+    def to_dict(self) -> dict:
+        d = {"mean": self.mean, "scale": self.scale}
+        if self.channel is not None:
+            d["channel"] = list(self.channel)
+        return d
+
+    def _divisor(self, z: torch.Tensor) -> torch.Tensor | float:
+        """scale, or scale * channel shaped (C, 1, 1, 1) to broadcast over (..., C, t, h, w)."""
+        if self.channel is None:
+            return self.scale
+        c = torch.tensor(self.channel, dtype=z.dtype, device=z.device)
+        if z.dim() < 4 or z.shape[-4] != len(c):
+            raise ValueError(f"latents must be (..., C={len(c)}, t, h, w), got {tuple(z.shape)}")
+        return self.scale * c[:, None, None, None]
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.mean) / self.scale
+        return (z - self.mean) / self._divisor(z)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.mean
+        return x * self._divisor(x) + self.mean
 
 
 class TextLatents:
     """A split of the latent store with cached caption embeddings; item i is a pure function of i:
     {"x": float32 (C, t, h, w) normalised latents, "text": (L, D), "mask": bool (L,)}."""
 
-    def __init__(self, latents_root: str, text_root: str, split: str, norm: LatentNorm | None = None):
+    def __init__(self, latents_root: str, text_root: str, split: str, norm: LatentNorm | None = None,
+                 max_channel_std: float | None = None):
         self.latents = LatentDataset(latents_root, split)
         self.text = TextCache(text_root, split)
-        self.norm = norm or LatentNorm.measure(self.latents)
+        self.norm = norm or LatentNorm.measure(self.latents, max_channel_std)
         ids = [r["id"] for r in self.latents.rows]
         self.tokens, self.mask = self.text.lookup(ids)  # (N, L, D), (N, L): fails if the cache is stale
 
@@ -154,7 +187,8 @@ def build_task(model: DiT, objective: str, cfg) -> Task:
     """The training-loop Task for `objective` ('rf' | 'ddpm') with the settings of params.yaml."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is unknown; use one of {OBJECTIVES}")
-    train = TextLatents(cfg.vqvae.latents, cfg.text.cache, "train")
+    cap = cfg.diffusion.latent_max_channel_std
+    train = TextLatents(cfg.vqvae.latents, cfg.text.cache, "train", max_channel_std=None if cap is None else float(cap))
     val = TextLatents(cfg.vqvae.latents, cfg.text.cache, "val", norm=train.norm)
     shapes = train.shapes()
     common = max(set(shapes), key=shapes.count)
