@@ -1,10 +1,13 @@
 """How the DiT plugs into the training loop: latents + cached text, an objective, a validation loss.
 
 Data. Item i of a split is the clip's VQVAE latents `codebook[indices]` (C, t, h, w), normalised
-by ONE global mean and scale measured on the train latents (`LatentNorm`; saved with the
+by one global mean and scale measured on the train latents (`LatentNorm`; saved with the
 checkpoint), with the caption's cached tokens (L, D) and mask (L,). One global scale keeps the
 latents' spectrum: they are PCA coefficients, and scaling each channel to unit variance would
 inflate the near-noise high components that the loss then spends itself on (shared/FACTS.md).
+`diffusion.latent_max_channel_std` caps that spectrum from above only: channels whose std exceeds
+the cap (in global-scale units) are scaled down to it, so the first components no longer carry
+several times the noise's energy and the layout is not fixed by noise alone at t > 0.9.
 Batches come from the bucketing sampler, one latent shape per batch, over every shape of the split.
 
 Objectives (conf/diffusion): `rf` (rectified flow, velocity target) or `ddpm` (the 1000-step
