@@ -63,3 +63,58 @@ def samples_figure(columns: dict[str, list[np.ndarray]], captions: list[str], ve
     top = 1 - 0.75 / fig.get_figheight()  # room for the title and the first caption, in inches
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.01, top=top, hspace=0.3, wspace=0.05)
     return fig
+
+
+def reconstruction_figure(real: list[np.ndarray], fake: list[np.ndarray], frames: int = 8, block: int = 4,
+                          title: str | None = None):
+    """Per clip: rows real, recon and |recon - real| over the first `frames` consecutive frames, and on
+    the right the frame-to-frame change mean |x[t+1] - x[t]| (0-255) of both over the whole clip.
+
+    real, fake: uint8 clips (T, H, W, 3) in pairs. Consecutive frames (not evenly spaced ones) show
+    what flicker looks like: the recon row jumping where the real row moves smoothly, and the error
+    pattern changing at every latent block of `block` frames (dashed lines in the plot).
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(real)
+    fig, axes = plt.subplots(3 * n, frames + 1, figsize=(1.05 * frames + 3.4, 1.1 * 3 * n + 0.5), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * frames + [3.0]})
+    fig.subplots_adjust(left=0.04, right=0.98, bottom=0.06, top=1 - 0.45 / fig.get_figheight(), hspace=0.08,
+                        wspace=0.05)
+    for c, (r, f) in enumerate(zip(real, fake, strict=True)):
+        r16, f16 = r.astype(np.int16), f.astype(np.int16)
+        diff = np.abs(f16 - r16).mean(-1)                                   # (T, H, W), 0-255
+        rows = {"real": r, "recon": f, "|recon-real|": diff}
+        for k, (name, video) in enumerate(rows.items()):
+            row = 3 * c + k
+            for t in range(min(frames, len(r))):
+                ax = axes[row, t]
+                if name == "|recon-real|":
+                    ax.imshow(video[t], cmap="magma", vmin=0, vmax=64, interpolation="nearest")
+                else:
+                    ax.imshow(video[t], interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 3 * n - 1:
+                    ax.set_xlabel(f"t={t}", fontsize=6)
+            for t in range(min(frames, len(r)), frames):
+                axes[row, t].axis("off")
+            axes[row, 0].set_ylabel(name, fontsize=6)
+        for k in (1, 2):
+            axes[3 * c + k, -1].axis("off")
+        ax = axes[3 * c, -1]
+        steps = np.arange(1, len(r))
+        ax.plot(steps, np.abs(np.diff(r16, axis=0)).mean(axis=(1, 2, 3)), label="real", color="k", lw=1)
+        ax.plot(steps, np.abs(np.diff(f16, axis=0)).mean(axis=(1, 2, 3)), label="recon", color="C3", lw=1)
+        for b in range(block, len(r), block):
+            ax.axvline(b, color="0.7", ls="--", lw=0.6)
+        ax.set_title(f"clip {c}: frame-to-frame change", fontsize=6)
+        ax.tick_params(labelsize=5)
+        ax.set_xlabel("t (change from t-1 to t; dashed: latent frame borders)", fontsize=5)
+        ax.legend(fontsize=5, frameon=False)
+        pos = ax.get_position()  # stretch the plot over its clip's three rows
+        bottom = axes[3 * c + 2, -1].get_position().y0
+        ax.set_position([pos.x0, bottom, pos.width, pos.y1 - bottom])
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return fig

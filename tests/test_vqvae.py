@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from omegaconf import OmegaConf
 
+from osplab import checks
 from osplab.models.vqvae import (VQVAE, AxialAttention, FrameGroupNorm, Upsample, VQVAEConfig, tensor_to_video,
                                  video_to_tensor)
 
@@ -29,7 +30,8 @@ def tiny_cfg(**over) -> VQVAEConfig:
     """A tiny hierarchical model (the patch architecture has its own helper, patch_cfg)."""
     settings = dict(arch="hierarchical", base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1, downsample=(4, 8, 8),
                     attn_blocks=1, attn_heads=2, codebook_size=64, embed_dim=8, l2_normalize=True,
-                    commitment=0.25, ema_decay=0.9, restart_every=20, norm_groups=4)
+                    commitment=0.25, ema_decay=0.9, restart_every=20, norm_groups=4, decoder_causal=True,
+                    unpatch_kernel=1, refiner_channels=0, tdiff_weight=0.0, grad_weight=0.0)
     settings.update(over)
     return VQVAEConfig(**settings)
 
@@ -37,7 +39,8 @@ def tiny_cfg(**over) -> VQVAEConfig:
 def patch_cfg(**over) -> VQVAEConfig:
     settings = dict(arch="patch", base_channels=16, channel_mult=(1,), num_res_blocks=1, downsample=(4, 8, 8),
                     attn_blocks=1, attn_heads=2, codebook_size=64, embed_dim=8, l2_normalize=False,
-                    commitment=0.25, ema_decay=0.9, restart_every=20, norm_groups=4)
+                    commitment=0.25, ema_decay=0.9, restart_every=20, norm_groups=4, decoder_causal=True,
+                    unpatch_kernel=1, refiner_channels=0, tdiff_weight=0.0, grad_weight=0.0)
     settings.update(over)
     return VQVAEConfig(**settings)
 
@@ -287,6 +290,69 @@ def test_init_from_data_starts_the_patch_model_as_the_pca_autoencoder():
     for name, value in again.state_dict().items():
         if name.startswith(("encoder.stem", "decoder.unpatch", "quantizer.codebook")):
             torch.testing.assert_close(value, model.state_dict()[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_pca_init_is_the_same_autoencoder_with_a_wider_unpatch_kernel_and_a_refiner(causal):
+    """unpatch_kernel 3 and a refiner only add taps and layers that start at zero."""
+    clips = [smooth_video(6, 8, 16, 16, seed=1)]
+    ref = VQVAE(patch_cfg(embed_dim=8, codebook_size=32))
+    wide = VQVAE(patch_cfg(embed_dim=8, codebook_size=32, unpatch_kernel=3, refiner_channels=4, decoder_causal=causal))
+    for model in (ref, wide):
+        torch.manual_seed(0)
+        model.init_from_data(clips, kmeans_iters=5, seed=0)
+        model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(wide.decoder(wide.encoder(clips[0])), ref.decoder(ref.encoder(clips[0])),
+                                   atol=2e-4, rtol=0)
+    w = wide.decoder.unpatch.weight
+    own = w[(slice(None), slice(None), *wide.decoder.own_tap)]
+    assert own.abs().sum() > 0 and (w.abs().sum() - own.abs().sum()).abs() < 1e-6  # only the latent's own tap
+
+
+def test_non_causal_decoder_sees_the_next_latent_frame_and_the_encoder_stays_causal():
+    torch.manual_seed(0)
+    model = VQVAE(patch_cfg(downsample=(4, 4, 4), decoder_causal=False, unpatch_kernel=3, refiner_channels=4)).eval()
+    for m in model.modules():  # non-zero branches everywhere
+        if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)):
+            torch.nn.init.normal_(m.weight, std=0.1)
+    x = rand_video(1, 16, 8, 8)
+    y = x.clone()
+    y[:, :, 8:] = rand_video(1, 8, 8, 8, seed=1)
+    with torch.no_grad():
+        zx, zy = model.encoder(x), model.encoder(y)
+        torch.testing.assert_close(zx[:, :, :2], zy[:, :, :2], rtol=1e-4, atol=1e-5)  # the encoder is still causal
+        z = zx.clone()
+        z[:, :, 2] += 1.0  # change latent frame 2 (frames 8..11)
+        before, after = model.decoder(zx), model.decoder(z)
+    assert (before[:, :, 4:8] - after[:, :, 4:8]).abs().max() > 1e-3  # frames of latent 1 now see latent 2
+
+
+def test_temporal_difference_and_gradient_losses():
+    torch.manual_seed(0)
+    x = moving_square(t=8)
+    plain, weighted = VQVAE(patch_cfg(downsample=(4, 4, 4))), VQVAE(patch_cfg(downsample=(4, 4, 4), tdiff_weight=2.0,
+                                                                             grad_weight=0.5))
+    weighted.load_state_dict(plain.state_dict())
+    plain.eval(), weighted.eval()
+    with torch.no_grad():
+        recon, a = plain(x)
+        _, b = weighted(x)
+    want_t = (recon.diff(dim=2) - x.diff(dim=2)).abs().mean()
+    want_g = (recon.diff(dim=3) - x.diff(dim=3)).abs().mean() + (recon.diff(dim=4) - x.diff(dim=4)).abs().mean()
+    torch.testing.assert_close(a["tdiff_loss"], want_t)
+    torch.testing.assert_close(a["grad_loss"], want_g)
+    torch.testing.assert_close(a["loss"], a["recon_loss"] + a["commit_loss"])  # weights 0: the plain objective
+    torch.testing.assert_close(b["loss"], a["loss"] + 2.0 * want_t + 0.5 * want_g)
+
+
+def test_decoder_settings_are_checked():
+    with pytest.raises(checks.SettingError, match="unpatch_kernel=2: use an odd kernel"):
+        patch_cfg(unpatch_kernel=2)
+    with pytest.raises(checks.SettingError, match="for arch=patch only"):
+        tiny_cfg(unpatch_kernel=3)
+    with pytest.raises(checks.SettingError, match="tdiff_weight"):
+        patch_cfg(tdiff_weight=-1.0)
 
 
 def test_patch_model_with_data_init_beats_random_init_at_once():

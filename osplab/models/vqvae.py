@@ -29,12 +29,16 @@ Two architectures (`arch`), both 3D-convolutional with residual blocks and axial
   strided causal convs down and depth-to-space up. More capacity per pixel, but it needs the long
   training of the paper profile.
 
-Temporal padding is **causal** (documented choice): every temporal convolution pads only on the
+The **encoder is causal** in time (documented choice): every temporal convolution pads only on the
 past side, by replicating the first frame, and normalisation statistics are per frame. So latent
 frame t depends only on input frames < ft * (t + 1) (its own block of ft frames and earlier ones),
-a prefix of the clip encodes to a prefix of the latents, and decoded frames of block t depend only
-on latents <= t. This lets one model handle any clip length, and a latent clip can be extended
-in time without re-encoding its past. Spatial padding is symmetric (zeros).
+and a prefix of the clip encodes to a prefix of the latents. This lets one model handle any clip
+length, and a latent clip can be extended in time without re-encoding its past. The decoder is
+causal too with `decoder_causal: true` (decoded frames of block t depend only on latents <= t);
+with `false` its convolutions pad both sides and its temporal attention sees every latent frame,
+so a block can blend into the next one instead of jumping at the border (the flicker of issue 12).
+Decoding always has the whole latent clip at hand, so nothing is lost by looking ahead there.
+Spatial padding is symmetric (zeros).
 
 Hierarchical layout: len(channel_mult) levels; level i works at base_channels * channel_mult[i] channels.
 Between consecutive levels an axis is halved while its factor is not yet reached: spatial axes at
@@ -46,8 +50,10 @@ causal temporal at each position) between residual blocks.
 
 Patch layout: one level of base_channels * channel_mult[0] channels (channel_mult has one entry).
 Encoder: stem -> ResBlock, (AxialAttention, ResBlock) x attn_blocks, num_res_blocks more
-ResBlocks -> 1x1x1 conv to embed_dim. Decoder: the mirror image, ending in a 1x1x1 conv to
-3 * ft * fh * fw channels and depth-to-space. There is no normalisation on the path from stem
+ResBlocks -> 1x1x1 conv to embed_dim. Decoder: the mirror image, ending in a conv (kernel
+`unpatch_kernel`: 1 = each block from its own latent, 3 = from the latents around it) to
+3 * ft * fh * fw channels and depth-to-space, then an optional full-resolution `Refiner`
+(`refiner_channels`, both archs). There is no normalisation on the path from stem
 to latents or from latents to pixels (only inside the residual branches): a per-frame
 GroupNorm there would subtract each frame's mean and lose the colour of plain backgrounds.
 """
@@ -86,6 +92,11 @@ class VQVAEConfig:
     ema_decay: float            # EMA decay of the codebook
     restart_every: int          # training forward passes between dead-code restarts
     norm_groups: int            # GroupNorm groups (must divide every level's channels)
+    decoder_causal: bool        # true: decoded frames of latent frame t see latents <= t only; false: both sides
+    unpatch_kernel: int         # patch arch: kernel (odd) of the conv from latents to pixel blocks (1 = own latent)
+    refiner_channels: int       # width of the full-resolution residual 3D-conv refiner after decoding (0 = none)
+    tdiff_weight: float         # weight of the L1 loss on frame-to-frame differences (recon vs input)
+    grad_weight: float          # weight of the L1 loss on horizontal and vertical pixel differences
 
     def __post_init__(self):
         self._check_types()
@@ -127,7 +138,8 @@ class VQVAEConfig:
         key = "vqvae.model"
         checks.choice(f"{key}.arch", self.arch, ("patch", "hierarchical"))
         for name, minimum in (("base_channels", 1), ("attn_blocks", 0), ("attn_heads", 1), ("codebook_size", 1),
-                              ("embed_dim", 1), ("restart_every", 1), ("norm_groups", 1)):
+                              ("embed_dim", 1), ("restart_every", 1), ("norm_groups", 1), ("unpatch_kernel", 1),
+                              ("refiner_channels", 0)):
             checks.integer(f"{key}.{name}", getattr(self, name), minimum)
         checks.integers(f"{key}.channel_mult", self.channel_mult, 1)
         checks.integers(f"{key}.downsample", self.downsample, 1, length=3)
@@ -136,7 +148,14 @@ class VQVAEConfig:
         else:
             checks.integers(f"{key}.num_res_blocks", self.num_res_blocks, 0)
         checks.boolean(f"{key}.l2_normalize", self.l2_normalize)
+        checks.boolean(f"{key}.decoder_causal", self.decoder_causal)
+        if self.unpatch_kernel % 2 == 0:
+            raise checks.SettingError(f"{key}.unpatch_kernel={self.unpatch_kernel}: use an odd kernel (1, 3, ...)")
+        if self.arch != "patch" and self.unpatch_kernel != 1:
+            raise checks.SettingError(f"{key}.unpatch_kernel={self.unpatch_kernel} is for arch=patch only; use 1")
         checks.number(f"{key}.commitment", self.commitment, 0.0)
+        checks.number(f"{key}.tdiff_weight", self.tdiff_weight, 0.0)
+        checks.number(f"{key}.grad_weight", self.grad_weight, 0.0)
         checks.number(f"{key}.ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
 
     def level_channels(self) -> list[int]:
@@ -192,26 +211,31 @@ class CausalConv3d(nn.Module):
     """3D conv, stride (st, sh, sw); time padded k - st frames on the past side (first frame replicated).
 
     Output length T / st for T divisible by st; output t sees input frames <= st * t + st - 1.
+    With causal=False (stride 1 in time only) the k - 1 padding frames are split between past and
+    future (edge frames replicated), so output t sees input frames t - k//2 .. t + k//2.
     """
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride=(1, 1, 1)):
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride=(1, 1, 1), causal: bool = True):
         super().__init__()
-        self.time_pad = kernel - stride[0] if kernel > 1 else 0
+        if not causal and stride[0] != 1:
+            raise ValueError("a non-causal CausalConv3d needs temporal stride 1")
+        pad = kernel - stride[0] if kernel > 1 else 0
+        self.time_pad = (pad, 0) if causal else (pad // 2, pad - pad // 2)
         self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=(0, kernel // 2, kernel // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.time_pad:
-            x = F.pad(x, (0, 0, 0, 0, self.time_pad, 0), mode="replicate")
+        if any(self.time_pad):
+            x = F.pad(x, (0, 0, 0, 0, *self.time_pad), mode="replicate")
         return self.conv(x)
 
 
 class ResBlock(nn.Module):
     """x + conv(SiLU(norm(conv(SiLU(norm(x)))))), (B, C, T, H, W) -> same shape."""
 
-    def __init__(self, channels: int, groups: int):
+    def __init__(self, channels: int, groups: int, causal: bool = True):
         super().__init__()
-        self.norm1, self.conv1 = FrameGroupNorm(groups, channels), CausalConv3d(channels, channels)
-        self.norm2, self.conv2 = FrameGroupNorm(groups, channels), CausalConv3d(channels, channels)
+        self.norm1, self.conv1 = FrameGroupNorm(groups, channels), CausalConv3d(channels, channels, causal=causal)
+        self.norm2, self.conv2 = FrameGroupNorm(groups, channels), CausalConv3d(channels, channels, causal=causal)
         nn.init.zeros_(self.conv2.conv.weight)  # each block starts as the identity: stable early training
         nn.init.zeros_(self.conv2.conv.bias)
 
@@ -221,15 +245,16 @@ class ResBlock(nn.Module):
 
 
 class AxialAttention(nn.Module):
-    """Spatial self-attention within each frame, then causal temporal self-attention at each position.
+    """Spatial self-attention within each frame, then temporal self-attention at each position
+    (causal unless causal=False).
 
     (B, C, T, H, W) -> same shape; pre-norm, residual, output projections zero-initialised.
     Self-contained on purpose (small token counts at the lowest resolution; plain SDPA is enough).
     """
 
-    def __init__(self, channels: int, heads: int, groups: int):
+    def __init__(self, channels: int, heads: int, groups: int, causal: bool = True):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.norm_s, self.norm_t = FrameGroupNorm(groups, channels), FrameGroupNorm(groups, channels)
         self.qkv_s, self.qkv_t = nn.Linear(channels, 3 * channels), nn.Linear(channels, 3 * channels)
         self.out_s, self.out_t = nn.Linear(channels, channels), nn.Linear(channels, channels)
@@ -248,7 +273,7 @@ class AxialAttention(nn.Module):
         s = rearrange(self.norm_s(x), "b c t h w -> (b t) (h w) c")
         x = x + rearrange(self._attend(s, self.qkv_s, self.out_s, False), "(b t) (h w) c -> b c t h w", b=b, h=h)
         s = rearrange(self.norm_t(x), "b c t h w -> (b h w) t c")
-        return x + rearrange(self._attend(s, self.qkv_t, self.out_t, True), "(b h w) t c -> b c t h w", b=b, h=h)
+        return x + rearrange(self._attend(s, self.qkv_t, self.out_t, self.causal), "(b h w) t c -> b c t h w", b=b, h=h)
 
 
 class Upsample(nn.Module):
@@ -265,11 +290,11 @@ class Upsample(nn.Module):
     upsampling in 3 of 4 seeds, and left it within ~50 steps in 4 of 4 with depth-to-space.
     """
 
-    def __init__(self, cin: int, cout: int, stride):
+    def __init__(self, cin: int, cout: int, stride, causal: bool = True):
         super().__init__()
         self.stride = tuple(int(s) for s in stride)
         r = math.prod(self.stride)
-        self.conv = CausalConv3d(cin, cout * r)
+        self.conv = CausalConv3d(cin, cout * r, causal=causal)
         with torch.no_grad():  # ICNR: out channel (c, sub-position) starts as the same filter for every sub-position
             w, b = self.conv.conv.weight, self.conv.conv.bias
             w.copy_(w[::r].repeat_interleave(r, dim=0))
@@ -280,12 +305,37 @@ class Upsample(nn.Module):
         return rearrange(self.conv(x), "b (c st sh sw) t h w -> b c (t st) (h sh) (w sw)", st=st, sh=sh, sw=sw)
 
 
-def _mid(c: int, cfg: VQVAEConfig) -> nn.Sequential:
+def _mid(c: int, cfg: VQVAEConfig, causal: bool = True) -> nn.Sequential:
     """Lowest-resolution stack: ResBlock, then (AxialAttention, ResBlock) x attn_blocks."""
-    layers = [ResBlock(c, cfg.norm_groups)]
+    layers = [ResBlock(c, cfg.norm_groups, causal)]
     for _ in range(cfg.attn_blocks):
-        layers += [AxialAttention(c, cfg.attn_heads, cfg.norm_groups), ResBlock(c, cfg.norm_groups)]
+        layers += [AxialAttention(c, cfg.attn_heads, cfg.norm_groups, causal), ResBlock(c, cfg.norm_groups, causal)]
     return nn.Sequential(*layers)
+
+
+class Refiner(nn.Module):
+    """Full-resolution residual 3D-conv stack on decoded video: x + conv(SiLU(conv(SiLU(conv(x))))).
+
+    (B, 3, T, H, W) -> same shape. Each output pixel sees a 7x7x7 neighbourhood, so it can blend
+    across the borders of the pixel blocks that the latents decode to, and across latent frames
+    (causal=False: both sides in time). The last conv starts at zero: the refiner starts as the
+    identity and training only adds what the losses ask for.
+    """
+
+    def __init__(self, channels: int, causal: bool):
+        super().__init__()
+        self.conv_in = CausalConv3d(3, channels, causal=causal)
+        self.conv_mid = CausalConv3d(channels, channels, causal=causal)
+        self.conv_out = CausalConv3d(channels, 3, causal=causal)
+        nn.init.zeros_(self.conv_out.conv.weight)
+        nn.init.zeros_(self.conv_out.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_out(F.silu(self.conv_mid(F.silu(self.conv_in(x)))))
+
+
+def _refiner(cfg: VQVAEConfig) -> nn.Module:
+    return Refiner(cfg.refiner_channels, cfg.decoder_causal) if cfg.refiner_channels else nn.Identity()
 
 
 class Encoder(nn.Module):
@@ -319,31 +369,33 @@ class Decoder(nn.Module):
     """(B, embed_dim, T', H', W') latents -> (B, 3, T' ft, H' fh, W' fw) video in about [-1, 1].
 
     Mirror of the encoder: per level (lowest first) residual blocks, then a depth-to-space
-    upsampling to the next level's channels and resolution.
+    upsampling to the next level's channels and resolution; then the optional refiner.
     """
 
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
-        chans, g, strides = cfg.level_channels(), cfg.norm_groups, cfg.strides()
-        layers: list[nn.Module] = [CausalConv3d(cfg.embed_dim, chans[-1]), _mid(chans[-1], cfg)]
+        chans, g, strides, causal = cfg.level_channels(), cfg.norm_groups, cfg.strides(), cfg.decoder_causal
+        layers: list[nn.Module] = [CausalConv3d(cfg.embed_dim, chans[-1], causal=causal), _mid(chans[-1], cfg, causal)]
         for i in reversed(range(len(chans))):
-            layers += [ResBlock(chans[i], g) for _ in range(cfg.num_res_blocks[i])]
+            layers += [ResBlock(chans[i], g, causal) for _ in range(cfg.num_res_blocks[i])]
             if i == 0:
                 break
             if strides[i - 1] != (1, 1, 1):
-                layers.append(Upsample(chans[i], chans[i - 1], strides[i - 1]))
+                layers.append(Upsample(chans[i], chans[i - 1], strides[i - 1], causal))
             elif chans[i - 1] != chans[i]:
                 layers.append(nn.Conv3d(chans[i], chans[i - 1], 1))
-        layers += [FrameGroupNorm(g, chans[0]), nn.SiLU(), CausalConv3d(chans[0], 3)]
+        layers += [FrameGroupNorm(g, chans[0]), nn.SiLU(), CausalConv3d(chans[0], 3, causal=causal)]
         self.net = nn.Sequential(*layers)
+        self.refine = _refiner(cfg)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        return self.refine(self.net(z))
 
 
-def _latent_blocks(c: int, cfg: VQVAEConfig) -> nn.Sequential:
+def _latent_blocks(c: int, cfg: VQVAEConfig, causal: bool = True) -> nn.Sequential:
     """Patch architecture's blocks at latent resolution: the `_mid` stack, then num_res_blocks ResBlocks."""
-    return nn.Sequential(_mid(c, cfg), *[ResBlock(c, cfg.norm_groups) for _ in range(cfg.num_res_blocks[0])])
+    return nn.Sequential(_mid(c, cfg, causal), *[ResBlock(c, cfg.norm_groups, causal)
+                                                 for _ in range(cfg.num_res_blocks[0])])
 
 
 class PatchEncoder(nn.Module):
@@ -367,19 +419,34 @@ class PatchEncoder(nn.Module):
 
 class PatchDecoder(nn.Module):
     """(B, embed_dim, T', H', W') -> (B, 3, T' ft, H' fh, W' fw): blocks at latent resolution, then
-    a 1x1x1 conv to the ft*fh*fw*3 pixel values of each latent's block and depth-to-space."""
+    a conv to the ft*fh*fw*3 pixel values of each latent's block, depth-to-space, and the optional
+    full-resolution refiner.
+
+    With unpatch_kernel k > 1 the block of latent (t, i, j) is computed from the k x k x k latents
+    around it (past only if decoder_causal), so neighbouring blocks can agree at their borders and
+    consecutive latent frames can blend instead of jumping. The PCA initialisation fills only the
+    tap of the latent itself; the other taps start at zero.
+    """
 
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
-        c, self.factors = cfg.level_channels()[0], cfg.downsample
+        c, self.factors, k = cfg.level_channels()[0], cfg.downsample, cfg.unpatch_kernel
         self.inp = nn.Conv3d(cfg.embed_dim, c, 1)
-        self.blocks = _latent_blocks(c, cfg)
-        self.unpatch = nn.Conv3d(c, 3 * math.prod(self.factors), 1)
+        self.blocks = _latent_blocks(c, cfg, cfg.decoder_causal)
+        self.unpatch = nn.Conv3d(c, 3 * math.prod(self.factors), k, padding=(0, k // 2, k // 2))
+        self.time_pad = (k - 1, 0) if cfg.decoder_causal else (k // 2, k // 2)
+        self.own_tap = (k - 1 if cfg.decoder_causal else k // 2, k // 2, k // 2)  # the latent's own tap (t, h, w)
+        if k > 1:
+            nn.init.zeros_(self.unpatch.weight)
+        self.refine = _refiner(cfg)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         ft, fh, fw = self.factors
-        h = self.unpatch(self.blocks(self.inp(z)))
-        return rearrange(h, "b (c ft fh fw) t h w -> b c (t ft) (h fh) (w fw)", ft=ft, fh=fh, fw=fw)
+        h = self.blocks(self.inp(z))
+        if any(self.time_pad):
+            h = F.pad(h, (0, 0, 0, 0, *self.time_pad), mode="replicate")
+        h = self.unpatch(h)
+        return self.refine(rearrange(h, "b (c ft fh fw) t h w -> b c (t ft) (h fh) (w fw)", ft=ft, fh=fh, fw=fw))
 
 
 def patch_rows(x: torch.Tensor, factors) -> torch.Tensor:
@@ -444,7 +511,8 @@ class VQVAE(nn.Module):
             enc.out.bias.zero_()
             dec.inp.weight.copy_(eye.t()[:, :, None, None, None])
             dec.inp.bias.zero_()
-            dec.unpatch.weight.copy_(comp.t()[:, :, None, None, None])
+            dec.unpatch.weight.zero_()
+            dec.unpatch.weight[(slice(None), slice(None), *dec.own_tap)] = comp.t()
             dec.unpatch.bias.copy_(mean.float())
             # the PCA reconstruction's squared error is the variance left in the discarded components
             mse = evals[dim:].clamp_min(0).sum().item() / rows.numel()
@@ -492,13 +560,21 @@ class VQVAE(nn.Module):
     def forward(self, x: torch.Tensor):
         """x (B, 3, T, H, W) in [-1, 1] -> (recon, losses).
 
-        losses: loss (recon_loss + commit_loss, with grad), recon_loss (MSE on [-1, 1]), commit_loss,
+        losses: loss (recon_loss + commit_loss + tdiff_weight * tdiff_loss + grad_weight * grad_loss, with
+        grad), recon_loss (MSE on [-1, 1]), commit_loss, tdiff_loss (L1 between the frame-to-frame
+        differences of recon and x: what the flicker ratio sees), grad_loss (the same for horizontal
+        plus vertical pixel differences: block edges and blurred outlines),
         psnr (dB, on [0, 1] pixels, batch MSE), perplexity and usage of the batch's codes.
         """
         z_q, _, stats = self.encode(x)
         recon = self.decode(z_q)
-        mse = F.mse_loss(recon.float(), x.float())
-        losses = {"loss": mse + stats["commit_loss"], "recon_loss": mse, "commit_loss": stats["commit_loss"],
+        r, x = recon.float(), x.float()
+        mse = F.mse_loss(r, x)
+        tdiff = F.l1_loss(r.diff(dim=2), x.diff(dim=2)) if x.shape[2] > 1 else r.new_zeros(())
+        grad = F.l1_loss(r.diff(dim=3), x.diff(dim=3)) + F.l1_loss(r.diff(dim=4), x.diff(dim=4))
+        loss = mse + stats["commit_loss"] + self.cfg.tdiff_weight * tdiff + self.cfg.grad_weight * grad
+        losses = {"loss": loss, "recon_loss": mse, "commit_loss": stats["commit_loss"],
+                  "tdiff_loss": tdiff.detach(), "grad_loss": grad.detach(),
                   "psnr": 10.0 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)),
                   "perplexity": stats["perplexity"], "usage": stats["usage"]}
         return recon, losses

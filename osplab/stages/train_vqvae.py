@@ -37,7 +37,7 @@ from osplab.models.vqvae import VQVAE, VQVAEConfig
 from osplab.tasks.vqvae import build_task, evaluate, init_batches, reconstruct
 from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
 from osplab.train import seed_everything, setup_logging, train
-from osplab.viz import save_figure, video_grid
+from osplab.viz import reconstruction_figure, save_figure
 
 
 def export_and_evaluate(model: VQVAE, cfg, train_cfg: TrainConfig, args, started: float, train_metrics: dict,
@@ -49,9 +49,9 @@ def export_and_evaluate(model: VQVAE, cfg, train_cfg: TrainConfig, args, started
     val = ClipDataset(cfg.data.root, "val")
     metrics = evaluate(model, val, plain(cfg.eval.ssim), limit=cfg.vqvae.eval_clips)
     real, fake, _, _ = reconstruct(model, val, limit=3)
-    fig = video_grid([v for pair in zip(real, fake) for v in pair],
-                     [f"{kind} {i}" for i in range(len(real)) for kind in ("real", "recon")],
-                     title=f"VQVAE reconstructions (val), PSNR {metrics['val_psnr']:.1f} dB")
+    fig = reconstruction_figure(real, fake, block=model.cfg.downsample[0],
+                                title=f"VQVAE reconstructions (val): PSNR {metrics['val_psnr']:.1f} dB, "
+                                      f"flicker ratio {metrics['val_flicker_ratio']:.2f} (real clips: 1)")
     save_figure(fig, args.recon)
     metrics.update({"train_steps": train_cfg.steps, "train_loss": train_metrics.get("train/loss"),
                     **{f"init_{k}": v for k, v in init.items()}, "stage_seconds": time.perf_counter() - started})
