@@ -570,9 +570,16 @@ class VQVAE(nn.Module):
         recon = self.decode(z_q)
         r, x = recon.float(), x.float()
         mse = F.mse_loss(r, x)
-        tdiff = F.l1_loss(r.diff(dim=2), x.diff(dim=2)) if x.shape[2] > 1 else r.new_zeros(())
-        grad = F.l1_loss(r.diff(dim=3), x.diff(dim=3)) + F.l1_loss(r.diff(dim=4), x.diff(dim=4))
-        loss = mse + stats["commit_loss"] + self.cfg.tdiff_weight * tdiff + self.cfg.grad_weight * grad
+        # a term with weight 0 is only logged: without autograd it costs ~10% of a training step less
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.tdiff_weight > 0):
+            tdiff = F.l1_loss(r.diff(dim=2), x.diff(dim=2)) if x.shape[2] > 1 else r.new_zeros(())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.grad_weight > 0):
+            grad = F.l1_loss(r.diff(dim=3), x.diff(dim=3)) + F.l1_loss(r.diff(dim=4), x.diff(dim=4))
+        loss = mse + stats["commit_loss"]
+        if self.cfg.tdiff_weight > 0:
+            loss = loss + self.cfg.tdiff_weight * tdiff
+        if self.cfg.grad_weight > 0:
+            loss = loss + self.cfg.grad_weight * grad
         losses = {"loss": loss, "recon_loss": mse, "commit_loss": stats["commit_loss"],
                   "tdiff_loss": tdiff.detach(), "grad_loss": grad.detach(),
                   "psnr": 10.0 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)),
