@@ -147,12 +147,18 @@ def render(root: str | Path = ".") -> str:
     return "\n".join(lines)
 
 
+def _between(readme: str, begin: str, end: str, what: str) -> tuple[int, int]:
+    """(start of `begin`, end of `end`) in README; a clear error naming the lines to add if missing."""
+    start, stop = readme.find(begin), readme.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"README.md has no {what}: add the lines\n{begin}\n{end}\nwhere the table goes")
+    return start, stop + len(end)
+
+
 def splice(readme: str, block: str) -> str:
-    """README text with the generated block replaced; a clear error if the markers are missing."""
-    start, end = readme.find(BEGIN), readme.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"README.md has no results block: add the lines\n{BEGIN}\n{END}\nwhere the table goes")
-    return readme[:start] + block + readme[end + len(END):]
+    """README text with the generated block (markers included) replaced."""
+    start, stop = _between(readme, BEGIN, END, "results block")
+    return readme[:start] + block + readme[stop:]
 
 
 REPORTS = ("results",)  # reports/<name>.md tables that README shows verbatim between their markers
@@ -167,14 +173,11 @@ def splice_reports(readme: str, root: str | Path = ".") -> str:
     """README text with each report block replaced by reports/<name>.md (the file a notebook stage writes)."""
     for name in REPORTS:
         begin, end = report_markers(name)
-        start, stop = readme.find(begin), readme.find(end)
-        if start < 0 or stop < start:
-            raise ValueError(f"README.md has no block for reports/{name}.md: add the lines\n{begin}\n{end}\n"
-                             "where the table goes")
+        start, stop = _between(readme, begin, end, f"block for reports/{name}.md")
         path = Path(root) / "reports" / f"{name}.md"
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run `dvc repro {name}` before `make readme`")
-        readme = readme[:start] + begin + "\n" + path.read_text().rstrip("\n") + "\n" + readme[stop:]
+        readme = readme[:start] + "\n".join([begin, path.read_text().rstrip("\n"), end]) + readme[stop:]
     return readme
 
 
