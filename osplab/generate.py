@@ -26,6 +26,7 @@ import torch
 from osplab.data.text_cache import check_identity
 from osplab.diffusion import rectified_flow
 from osplab.diffusion.guidance import cfg as guided
+from osplab.diffusion.noise import video_noise
 from osplab.io import sha256_file
 from osplab.models.dit import DiT, DiTConfig
 from osplab.models.text import TextEncoder, encoder_from_conf
@@ -82,7 +83,8 @@ class Generator:
                 raise ValueError(f"{name}={n} cannot be generated: it must be a positive multiple of {f} (VQVAE "
                                  f"downsampling x DiT patch); nearest valid {name}: {near}")
         c, t, h, w = self.vqvae.latent_shape(frames, height, width)
-        if [t, h, w] not in [list(s) for s in self.meta["train_shapes"]]:
+        seen = self.meta["train_shapes"]
+        if seen is not None and [t, h, w] not in [list(s) for s in seen]:
             warnings.warn(f"latent shape {(t, h, w)} ({frames} frames at {height}x{width}) was never seen in "
                           f"training (trained on {self.meta['train_shapes']}): expect worse samples", stacklevel=3)
         return c, t, h, w
@@ -93,15 +95,18 @@ class Generator:
         """Normalised latents (N, C, t, h, w) for `captions`, noise from `seed`."""
         text, mask = self.text.encode(list(captions))
         gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn((len(captions), *shape), generator=gen)
+        d = self.meta["diffusion"]
+        # checkpoints written before the noise prior existed were trained with independent frames
+        rho = float(d.get("noise_frame_corr", 0.0))
+        noise = video_noise((len(captions), *shape), rho, gen)
         fn = guided(self.dit, text, mask, cfg_scale)
         if self.meta["objective"] == "rf":
-            rf = self.meta["diffusion"]["rf"]
+            rf = d["rf"]
             return rectified_flow.sample(fn, noise, steps, sampler or "euler", shift=float(rf["shift"]),
                                          progress=progress)
-        ddpm = make_ddpm(self.meta["diffusion"]["ddpm"])
+        ddpm = make_ddpm(d["ddpm"])
         return ddpm.sample(fn, noise, steps, sampler or "ancestral", generator=gen, progress=progress,
-                           spacing=self.meta["diffusion"]["ddpm"]["spacing"])
+                           spacing=d["ddpm"]["spacing"], frame_corr=rho)
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor, snap: bool) -> np.ndarray:
@@ -132,3 +137,30 @@ def load_generator(dit_path: str | Path, vqvae_path: str | Path, text_cfg, devic
     text = encoder_from_conf(text_cfg, device)
     check_identity(meta["text_encoder"], text.identity, f"{dit_path}")
     return Generator(dit.to(device), load_vqvae(str(vq_path)).to(device), text, meta)
+
+
+def untrained_generator(cfg, objective: str, seed: int, train_shapes: list | None = None,
+                        device: str = "cpu") -> Generator:
+    """The DiT and VQVAE of `cfg`'s architectures at initialisation (seeded), with `cfg`'s text encoder.
+
+    No checkpoint is read: it is the "untrained" baseline and what the notebooks' smoke runs sample
+    from (their numbers then test the code path only). `objective` picks the sampler family (rf |
+    ddpm, settings from cfg.diffusion); latents are taken as already normalised (mean 0, scale 1);
+    `train_shapes` are the latent (t, h, w) shapes that count as seen in training (None: every shape)."""
+    from omegaconf import OmegaConf
+
+    from osplab.models.vqvae import VQVAEConfig
+    from osplab.tasks.dit import OBJECTIVES
+    from osplab.train import seed_everything
+
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} is unknown; use one of {OBJECTIVES}")
+    seed_everything(seed)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    dit = DiT(DiTConfig.from_dict(plain["dit"])).eval()
+    vqvae = VQVAE(VQVAEConfig.from_dict(plain["vqvae"]["model"])).eval()
+    meta = {"objective": objective, "diffusion": plain["diffusion"], "latent_norm": {"mean": 0.0, "scale": 1.0},
+            "train_shapes": None if train_shapes is None else [list(s) for s in train_shapes],
+            "vqvae_sha256": "untrained",
+            "text_encoder": None}
+    return Generator(dit.to(device), vqvae.to(device), encoder_from_conf(plain["text"], device), meta)

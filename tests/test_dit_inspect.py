@@ -6,7 +6,7 @@ import pytest
 import torch
 from einops import rearrange
 
-from osplab.models.dit import DiT, DiTConfig
+from osplab.models.dit import DiT
 from osplab.models.inspect import MODULATION, adaln_modulation, cross_attention_maps, trace_shapes
 from osplab.models.testing import C, D_TEXT, inputs, randomize_, small_cfg  # noqa: F401
 

@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 
 from osplab.diffusion.losses import checked, weighted_mse
+from osplab.diffusion.noise import video_noise
 
 PredictFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SCHEDULES = ("linear", "scaled_linear", "cosine")
@@ -143,10 +144,12 @@ class DDPM:
         i: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
+        frame_corr: float = 0.0,
     ) -> torch.Tensor:
         """MSE between fn(x_i, i / T) and the target, mean over all elements (or mean_b(weights_b * mse_b)).
 
-        x0: (B, ...); i: (B,) int or None (uniform over 0..T-1 from `generator`); noise like x0 or None.
+        x0: (B, ...); i: (B,) int or None (uniform over 0..T-1 from `generator`); noise like x0 or None
+        (drawn from `generator`, correlated across latent frames by `frame_corr`, osplab.diffusion.noise).
         """
         batch = x0.shape[0]
         if (i is None or noise is None) and generator is None:
@@ -154,7 +157,7 @@ class DDPM:
         if i is None:
             i = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator, device=x0.device)
         if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            noise = video_noise(x0.shape, frame_corr, generator, device=x0.device, dtype=x0.dtype)
         if i.shape != (batch,) or noise.shape != x0.shape:
             raise ValueError(f"i must be ({batch},) and noise {tuple(x0.shape)}; got {tuple(i.shape)}, {tuple(noise.shape)}")
         pred = checked(fn(self.add_noise(x0, noise, i), self.model_time(i)), x0)
@@ -190,8 +193,10 @@ class DDPM:
         mean = (ab_prev**0.5 * (1 - alpha) / (1 - ab)) * x0 + (alpha**0.5 * (1 - ab_prev) / (1 - ab)) * x
         return mean, (1 - ab_prev) / (1 - ab) * (1 - alpha)
 
-    def ddim_step(self, out, x, i: int, i_prev: int, eta: float = 0.0, generator: torch.Generator | None = None):
-        """One DDIM step x_i -> x_prev (Song et al. 2021, eq. 12). Draws noise from `generator` iff eta > 0."""
+    def ddim_step(self, out, x, i: int, i_prev: int, eta: float = 0.0, generator: torch.Generator | None = None,
+                  frame_corr: float = 0.0):
+        """One DDIM step x_i -> x_prev (Song et al. 2021, eq. 12). Draws noise from `generator` iff eta > 0
+        (correlated across latent frames by `frame_corr`, as in training)."""
         ab, ab_prev = self._alpha_bar(i), self._alpha_bar(i_prev)
         x0, eps = self.split(out, x, torch.full((x.shape[0],), i, device=x.device))
         std = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
@@ -199,7 +204,7 @@ class DDPM:
         if std > 0:
             if generator is None:
                 raise ValueError(f"DDIM with eta={eta} draws noise: pass a torch.Generator")
-            x_prev = x_prev + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x_prev = x_prev + std * video_noise(x.shape, frame_corr, generator, device=x.device, dtype=x.dtype)
         return x_prev
 
     @torch.no_grad()
@@ -213,10 +218,13 @@ class DDPM:
         eta: float = 0.0,
         spacing: str = "trailing",
         generator: torch.Generator | None = None,
+        frame_corr: float = 0.0,
         progress: bool = False,
         return_trajectory: bool = False,
     ):
-        """Denoise `noise` (B, ...) in `steps` steps; returns x0 or (x0, trajectory (steps + 1, B, ...))."""
+        """Denoise `noise` (B, ...) in `steps` steps; returns x0 or (x0, trajectory (steps + 1, B, ...)).
+        The noise the stochastic samplers add is correlated across latent frames by `frame_corr`: the
+        forward process of a model trained with that noise prior."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler {sampler!r} is unknown; use one of {SAMPLERS}")
         if not eta >= 0:
@@ -234,11 +242,11 @@ class DDPM:
             if out.shape != x.shape:
                 raise ValueError(f"the model returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}")
             if sampler == "ddim":
-                x = self.ddim_step(out, x, i, i_prev, eta, generator)
+                x = self.ddim_step(out, x, i, i_prev, eta, generator, frame_corr)
             else:
                 x, var = self.ancestral_mean_var(out, x, i, i_prev)
                 if var > 0:  # the last step (to i = -1) has variance 0 and draws nothing
-                    x = x + var**0.5 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                    x = x + var**0.5 * video_noise(x.shape, frame_corr, generator, device=x.device, dtype=x.dtype)
             if return_trajectory:
                 trajectory.append(x)
         return (x, torch.stack(trajectory)) if return_trajectory else x

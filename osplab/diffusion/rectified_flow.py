@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from osplab.diffusion.losses import checked, weighted_mse
+from osplab.diffusion.noise import video_noise
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TIMESTEP_KINDS = ("uniform", "logit_normal")
@@ -72,11 +73,13 @@ def loss(
     noise: torch.Tensor | None = None,
     timesteps: TimestepSampler = TimestepSampler(),
     weights: torch.Tensor | None = None,
+    frame_corr: float = 0.0,
 ) -> torch.Tensor:
     """Rectified-flow training loss: MSE between fn(x_t, t) and v = noise - x0, mean over all elements.
 
     x0: (B, ...) data; t: (B,) or None (drawn by `timesteps` from `generator`); noise: like x0 or
-    None (drawn from `generator`). Passing both t and noise makes the loss deterministic (the
+    None (drawn from `generator`, correlated across latent frames by `frame_corr`, osplab.diffusion.noise).
+    Passing both t and noise makes the loss deterministic (the
     validation loss on a fixed t-grid). weights: optional (B,) per-sample factors; the result is
     then mean_b(weights_b * mse_b), which equals the plain mean for weights of ones.
     """
@@ -86,7 +89,7 @@ def loss(
     if t is None:
         t = timesteps(batch, generator, device=x0.device)
     if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = video_noise(x0.shape, frame_corr, generator, device=x0.device, dtype=x0.dtype)
     if t.shape != (batch,) or noise.shape != x0.shape:
         raise ValueError(f"t must be ({batch},) and noise {tuple(x0.shape)}; got {tuple(t.shape)}, {tuple(noise.shape)}")
     return weighted_mse(checked(fn(interpolate(x0, noise, t), t), x0), noise - x0, weights)

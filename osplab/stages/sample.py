@@ -55,12 +55,15 @@ def load_variant(cfg, variant: str) -> Generator:
     return gen
 
 
-def generate_set(gen: Generator, cfg, ds: ClipDataset, indices: list[int], progress: bool):
-    """Yield (split, uint8 clip, meta) for the chosen real clips, batching clips of one shape."""
+def generate_set(gen: Generator, cfg, ds: ClipDataset, indices: list[int], progress: bool,
+                 steps: int | None = None, sampler: str | None = None):
+    """Yield (split, uint8 clip, meta) for the chosen real clips, batching clips of one shape.
+    Steps and sampler: the objective's from `diffusion.sample` unless given (the sampling-steps ablation)."""
     s = cfg.diffusion.sample
     frames = window_length(int(cfg.eval.frames), int(cfg.eval.stride))
     rf = gen.meta["objective"] == "rf"
-    steps, sampler = (int(s.rf_steps), s.rf_sampler) if rf else (int(s.ddpm_steps), s.ddpm_sampler)
+    default_steps, default_sampler = (int(s.rf_steps), s.rf_sampler) if rf else (int(s.ddpm_steps), s.ddpm_sampler)
+    steps, sampler = steps or default_steps, sampler or default_sampler
     by_shape: dict[tuple, list[int]] = {}
     for i in indices:
         by_shape.setdefault(ds.shape_of(i)[1:], []).append(i)

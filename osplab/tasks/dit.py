@@ -32,6 +32,7 @@ from osplab.data.latents import LatentDataset
 from osplab.data.text_cache import TextCache
 from osplab.diffusion import rectified_flow
 from osplab.diffusion.ddpm import DDPM
+from osplab.diffusion.noise import video_noise
 from osplab.models.dit import DiT
 from osplab.train import Task
 from osplab.train.distributed import unwrap
@@ -158,18 +159,20 @@ def objective_loss(objective: str, diffusion_cfg, model: nn.Module, batch: dict,
         return model(x, tt, batch["text"], batch["mask"])
 
     x0 = batch["x"]
+    rho = float(diffusion_cfg.noise_frame_corr)
     if objective == "rf":
         r = diffusion_cfg.rf
         sampler = rectified_flow.TimestepSampler(r.timesteps, float(r.logit_mean), float(r.logit_std))
-        return rectified_flow.loss(fn, x0, generator, t=t, noise=noise, timesteps=sampler)
+        return rectified_flow.loss(fn, x0, generator, t=t, noise=noise, timesteps=sampler, frame_corr=rho)
     ddpm = make_ddpm(diffusion_cfg.ddpm)
     i = None if t is None else (t * ddpm.num_train_timesteps).round().long().clamp(0, ddpm.num_train_timesteps - 1)
-    return ddpm.loss(fn, x0, generator, i=i, noise=noise)
+    return ddpm.loss(fn, x0, generator, i=i, noise=noise, frame_corr=rho)
 
 
-def val_batches(data: TextLatents, clips: int, seed: int) -> list[dict]:
+def val_batches(data: TextLatents, clips: int, seed: int, frame_corr: float = 0.0) -> list[dict]:
     """`clips` val clips taken round-robin over the shape buckets (first clips of each), one batch
-    per shape, each with fixed noise: the same batches at every evaluation of a run."""
+    per shape, each with fixed noise (of the training noise prior `frame_corr`): the same batches at
+    every evaluation of a run."""
     by_shape: dict[tuple, list[int]] = {}
     for i, shape in enumerate(data.shapes()):
         by_shape.setdefault(tuple(shape), []).append(i)
@@ -181,7 +184,7 @@ def val_batches(data: TextLatents, clips: int, seed: int) -> list[dict]:
         members = [i for i in round_robin if tuple(data.shapes()[i]) == shape]
         if members:
             batch = collate([data[i] for i in members])
-            batch["noise"] = torch.randn(batch["x"].shape, generator=gen)
+            batch["noise"] = video_noise(batch["x"].shape, frame_corr, gen)
             batches.append(batch)
     return batches
 
@@ -196,7 +199,8 @@ def build_task(model: DiT, objective: str, cfg) -> Task:
     shapes = train.shapes()
     common = max(set(shapes), key=shapes.count)
     grid = [float(t) for t in cfg.diffusion.val.t_grid]
-    fixed = val_batches(val, int(cfg.diffusion.val.clips), int(cfg.diffusion.val.seed))
+    fixed = val_batches(val, int(cfg.diffusion.val.clips), int(cfg.diffusion.val.seed),
+                        float(cfg.diffusion.noise_frame_corr))
 
     def loss(m: nn.Module, batch: dict):
         return objective_loss(objective, cfg.diffusion, m, batch, device_generator(batch["x"].device)), {}
