@@ -20,15 +20,13 @@ by default) reuses that stage's clips instead of generating them again.
 
 from __future__ import annotations
 
-import csv
-import io
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from osplab.io import atomic_write_text
+from osplab.ablations.common import claims_table, fvd_text, interval, overlap, score, write_files
 
 SAMPLERS = {"rf": ("euler", "heun"), "ddpm": ("ancestral", "ddim")}
 NAME = "ablation_sampling_steps"
@@ -117,17 +115,6 @@ def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
 
 
-def score(clips: list[np.ndarray], captions: list[str], feats_real, ecfg: dict, i3d) -> dict:
-    """FVD (with interval) against the real features and the caption judge of one sample set."""
-    from osplab.stages.evaluate_generation import fvd_entry, judged
-
-    f = fvd_entry(feats_real, clips, ecfg, i3d, "I3D", False)
-    j, _ = judged(clips, captions, "acc")
-    return {"fvd": f["fvd"], "fvd_p2_5": f["p2_5"], "fvd_p97_5": f["p97_5"], "clips": len(clips),
-            "caption_accuracy": j["acc"], "colour": j["acc_colour"], "shape": j["acc_shape"],
-            "direction": j["acc_direction"]}
-
-
 def run_sweep(cfg, points: list[Point], generators: dict, clips: int, feats_real, i3d,
               progress: bool = True) -> list[Row]:
     """Generate and score every point. generators: {objective: osplab.generate.Generator}."""
@@ -160,27 +147,11 @@ def run_sweep(cfg, points: list[Point], generators: dict, clips: int, feats_real
     return rows
 
 
-def _interval(r: Row) -> tuple[float, float]:
-    """The 95% interval, or the point itself when there was no spread (too few clips)."""
-    return (r.fvd if r.fvd_p2_5 is None else r.fvd_p2_5, r.fvd if r.fvd_p97_5 is None else r.fvd_p97_5)
-
-
-def _fvd_text(r: Row) -> str:
-    lo, hi = _interval(r)
-    return f"{r.fvd:.0f} [{lo:.0f}, {hi:.0f}]" if r.fvd_p2_5 is not None else f"{r.fvd:.0f} (no spread)"
-
-
-def _overlap(a: Row, b: Row) -> bool:
-    """Two FVDs count as different only when their 95% intervals do not overlap."""
-    (a_lo, a_hi), (b_lo, b_hi) = _interval(a), _interval(b)
-    return not (a_hi < b_lo or b_hi < a_lo)
-
-
 def fewest_steps_to_match(rows: list[Row], label: str, target: Row) -> Row | None:
     """The point of sampler `label` with the fewest NFE whose FVD is not worse than `target`'s
     (lower, or inside the bootstrap spread), or None."""
     mine = sorted((r for r in rows if f"{r.objective} {r.sampler}" == label), key=lambda r: r.nfe)
-    return next((r for r in mine if r.fvd <= target.fvd or _overlap(r, target)), None)
+    return next((r for r in mine if r.fvd <= target.fvd or overlap(r, target)), None)
 
 
 def claims(rows: list[Row]) -> list[dict]:
@@ -193,21 +164,21 @@ def claims(rows: list[Row]) -> list[dict]:
     if not ddpm:
         return out
     ref = max(ddpm, key=lambda r: r.steps)
-    where = f"DDPM ancestral {ref.steps} steps: FVD {_fvd_text(ref)}"
+    where = f"DDPM ancestral {ref.steps} steps: FVD {fvd_text(ref)}"
     for label in ("rf euler", "rf heun"):
         hit = fewest_steps_to_match(rows, label, ref)
         if any(f"{r.objective} {r.sampler}" == label for r in rows):
-            ev = (f"fewest NFE that match {where}: {hit.nfe} (FVD {_fvd_text(hit)})" if hit
+            ev = (f"fewest NFE that match {where}: {hit.nfe} (FVD {fvd_text(hit)})" if hit
                   else f"no {label} point matches {where}")
             out.append({"claim": f"{label} matches 1000-step DDPM within 100 function evaluations",
                         "holds": hit is not None and hit.nfe <= 100, "evidence": ev})
     few = [r for r in rows if r.objective == "ddpm" and r.steps <= 100]
     if few:
         best = min(few, key=lambda r: r.fvd)
-        worse = best.fvd > ref.fvd and not _overlap(best, ref)
+        worse = best.fvd > ref.fvd and not overlap(best, ref)
         out.append({"claim": "DDPM needs about 1000 steps (100 or fewer are clearly worse)", "holds": worse,
                     "evidence": f"best DDPM point with <= 100 steps: {best.sampler} {best.steps} steps, FVD "
-                                f"{_fvd_text(best)} vs {where}"
+                                f"{fvd_text(best)} vs {where}"
                                 + ("" if worse else " (inside the spread or better)")})
     return out
 
@@ -217,23 +188,11 @@ def markdown(rows: list[Row], notes: list[str] = ()) -> str:
              "| s per set |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         secs = f"reused ({r.reused})" if r.reused else f"{r.seconds:.0f}"
-        lines.append(f"| {r.objective} | {r.sampler} | {r.steps} | {r.nfe} | {_fvd_text(r)} | {r.caption_accuracy:.3f} ({r.colour:.2f} / {r.shape:.2f} / "
+        lines.append(f"| {r.objective} | {r.sampler} | {r.steps} | {r.nfe} | {fvd_text(r)} | {r.caption_accuracy:.3f} ({r.colour:.2f} / {r.shape:.2f} / "
                      f"{r.direction:.2f}) | {secs} |")
     lines += [""] + [f"- {n}" for n in notes]
-    verdicts = claims(rows)
-    if verdicts:
-        lines += ["", "| claim | holds here | evidence |", "|---|---|---|"]
-        lines += [f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} | {c['evidence']} |" for c in verdicts]
+    lines += claims_table(claims(rows))
     return "\n".join(lines) + "\n"
-
-
-def csv_text(rows: list[Row]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, [f.name for f in fields(Row)], lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow(asdict(r))
-    return out.getvalue()
 
 
 def figure(rows: list[Row]):
@@ -248,7 +207,7 @@ def figure(rows: list[Row]):
         if not mine:
             continue
         x = [r.nfe for r in mine]
-        err = np.array([[r.fvd - _interval(r)[0], _interval(r)[1] - r.fvd] for r in mine]).T
+        err = np.array([[r.fvd - interval(r)[0], interval(r)[1] - r.fvd] for r in mine]).T
         a.errorbar(x, [r.fvd for r in mine], yerr=err, color=colour, marker=marker, capsize=3, label=label)
         b.plot(x, [r.caption_accuracy for r in mine], color=colour, marker=marker, label=label)
     for ax in (a, b):
@@ -262,11 +221,4 @@ def figure(rows: list[Row]):
 
 def write_report(rows: list[Row], out_dir: str | Path, notes: list[str] = (), name: str = NAME) -> dict[str, Path]:
     """<out_dir>/<name>.md, .csv and .png (atomic writes); returns their paths."""
-    from osplab.viz import save_figure
-
-    out = Path(out_dir)
-    paths = {"md": out / f"{name}.md", "csv": out / f"{name}.csv", "png": out / f"{name}.png"}
-    atomic_write_text(paths["md"], markdown(rows, notes))
-    atomic_write_text(paths["csv"], csv_text(rows))
-    save_figure(figure(rows), paths["png"])
-    return paths
+    return write_files(out_dir, name, markdown(rows, notes), rows, figure(rows))

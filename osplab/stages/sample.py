@@ -56,11 +56,12 @@ def load_variant(cfg, variant: str) -> Generator:
 
 
 def generate_set(gen: Generator, cfg, ds: ClipDataset, indices: list[int], progress: bool,
-                 steps: int | None = None, sampler: str | None = None):
+                 steps: int | None = None, sampler: str | None = None, frames: int | None = None):
     """Yield (split, uint8 clip, meta) for the chosen real clips, batching clips of one shape.
-    Steps and sampler: the objective's from `diffusion.sample` unless given (the sampling-steps ablation)."""
+    Steps and sampler: the objective's from `diffusion.sample` unless given (the sampling-steps ablation);
+    frames: the FVD window's length unless given (the length ablation)."""
     s = cfg.diffusion.sample
-    frames = window_length(int(cfg.eval.frames), int(cfg.eval.stride))
+    frames = frames or window_length(int(cfg.eval.frames), int(cfg.eval.stride))
     rf = gen.meta["objective"] == "rf"
     default_steps, default_sampler = (int(s.rf_steps), s.rf_sampler) if rf else (int(s.ddpm_steps), s.ddpm_sampler)
     steps, sampler = steps or default_steps, sampler or default_sampler

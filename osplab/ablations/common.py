@@ -1,0 +1,78 @@
+"""What the ablation reports share: scoring a sample set, FVD intervals, and writing md / csv / png."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+
+from osplab.io import atomic_write_text
+
+
+def judge_scores(clips: list[np.ndarray], captions: list[str]) -> dict:
+    """The caption judge of a sample set: accuracy and one score per fact kind, as `evaluate_generation`."""
+    from osplab.stages.evaluate_generation import judged
+
+    j, _ = judged(clips, captions, "acc")
+    return {"clips": len(clips), "caption_accuracy": j["acc"], "colour": j["acc_colour"], "shape": j["acc_shape"],
+            "direction": j["acc_direction"]}
+
+
+def score(clips: list[np.ndarray], captions: list[str], feats_real, ecfg: dict, i3d) -> dict:
+    """FVD of `clips` (their `eval` windows) against the real features, with its 95% bootstrap interval
+    (None when too few clips for a spread), and the caption judge: as `evaluate_generation` scores."""
+    from osplab.stages.evaluate_generation import fvd_entry
+
+    f = fvd_entry(feats_real, clips, ecfg, i3d, "I3D", False)
+    return {"fvd": f["fvd"], "fvd_p2_5": f["p2_5"], "fvd_p97_5": f["p97_5"], **judge_scores(clips, captions)}
+
+
+def interval(r) -> tuple[float, float]:
+    """A row's FVD 95% interval, or the point itself when there was no spread (too few clips)."""
+    return (r.fvd if r.fvd_p2_5 is None else r.fvd_p2_5, r.fvd if r.fvd_p97_5 is None else r.fvd_p97_5)
+
+
+def fvd_text(r) -> str:
+    if r.fvd is None:
+        return "-"
+    lo, hi = interval(r)
+    return f"{r.fvd:.0f} [{lo:.0f}, {hi:.0f}]" if r.fvd_p2_5 is not None else f"{r.fvd:.0f} (no spread)"
+
+
+def overlap(a, b) -> bool:
+    """Two FVDs count as different only when their 95% intervals do not overlap."""
+    (a_lo, a_hi), (b_lo, b_hi) = interval(a), interval(b)
+    return not (a_hi < b_lo or b_hi < a_lo)
+
+
+def claims_table(verdicts: list[dict]) -> list[str]:
+    """Markdown lines of a claims table ({'claim', 'holds', 'evidence'} each); none if no verdicts."""
+    if not verdicts:
+        return []
+    return (["", "| claim | holds here | evidence |", "|---|---|---|"]
+            + [f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} | {c['evidence']} |" for c in verdicts])
+
+
+def csv_text(rows: list) -> str:
+    """Dataclass rows -> CSV with one column per field."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, [f.name for f in fields(rows[0])], lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(asdict(r))
+    return out.getvalue()
+
+
+def write_files(out_dir: str | Path, name: str, md: str, rows: list, fig) -> dict[str, Path]:
+    """<out_dir>/<name>.md, .csv (of `rows`) and .png (of `fig`), written atomically; returns the paths."""
+    from osplab.viz import save_figure
+
+    out = Path(out_dir)
+    paths = {"md": out / f"{name}.md", "csv": out / f"{name}.csv", "png": out / f"{name}.png"}
+    atomic_write_text(paths["md"], md)
+    atomic_write_text(paths["csv"], csv_text(rows))
+    save_figure(fig, paths["png"])
+    return paths
