@@ -1,5 +1,7 @@
 """The length ablation's measures and verdicts (osplab/ablations/length.py); the notebook runs under nbval."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,5 @@ def test_report_files(tmp_path):
     md = paths["md"].read_text()
     assert "| 40 | 10 | **no** | 650 [630, 670]" in md and "| 8 | 2 | yes | - |" in md
     assert paths["png"].stat().st_size > 0 and paths["csv"].read_text().startswith("frames,latent_frames")
+    metrics = json.loads(paths["json"].read_text())  # what `dvc metrics show` / `dvc exp show` read
+    assert metrics["frames_40"]["fvd"] == 650 and metrics["frames_8"]["fvd"] is None

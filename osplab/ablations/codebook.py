@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from osplab.ablations.common import claims_table, fvd_text, overlap, write_files
+from osplab.ablations.common import claims_table, fvd_text, overlap, summary, write_files
 
 NAME = "ablation_codebook"
 
@@ -166,4 +166,6 @@ def figure(rows: list[Row]):
 def write_report(rows: list[Row], reference: str, out_dir: str | Path, notes: list[str] = (),
                  name: str = NAME) -> dict[str, Path]:
     """<out_dir>/<name>.md, .csv and .png (atomic writes); returns their paths."""
-    return write_files(out_dir, name, markdown(rows, reference, notes), rows, figure(rows))
+    metrics = summary(rows, lambda r: r.variant, ("psnr", "flicker_ratio", "codebook_usage", "perplexity", "fvd",
+                                                  "fvd_p2_5", "fvd_p97_5"))
+    return write_files(out_dir, name, markdown(rows, reference, notes), rows, figure(rows), metrics)

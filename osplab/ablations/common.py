@@ -6,10 +6,11 @@ import csv
 import io
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from osplab.io import atomic_write_text
+from osplab.io import atomic_write_json, atomic_write_text
 
 
 def judge_scores(clips: list[np.ndarray], captions: list[str]) -> dict:
@@ -66,13 +67,23 @@ def csv_text(rows: list) -> str:
     return out.getvalue()
 
 
-def write_files(out_dir: str | Path, name: str, md: str, rows: list, fig) -> dict[str, Path]:
-    """<out_dir>/<name>.md, .csv (of `rows`) and .png (of `fig`), written atomically; returns the paths."""
+def summary(rows: list, key: Callable[[object], str], fields_: tuple[str, ...]) -> dict[str, dict]:
+    """{key(row): {field: value}} of numeric fields: the `<name>.json` that `dvc metrics show` and
+    `dvc exp show` read (a JSON list would not be shown; NaN and None become null)."""
+    def clean(v):
+        return None if v is None or (isinstance(v, float) and v != v) else v
+    return {key(r): {f: clean(getattr(r, f)) for f in fields_} for r in rows}
+
+
+def write_files(out_dir: str | Path, name: str, md: str, rows: list, fig, metrics: dict) -> dict[str, Path]:
+    """<out_dir>/<name>.md, .csv (of `rows`), .png (of `fig`) and .json (`metrics`, see `summary`),
+    written atomically; returns the paths."""
     from osplab.viz import save_figure
 
     out = Path(out_dir)
-    paths = {"md": out / f"{name}.md", "csv": out / f"{name}.csv", "png": out / f"{name}.png"}
+    paths = {k: out / f"{name}.{k}" for k in ("md", "csv", "png", "json")}
     atomic_write_text(paths["md"], md)
     atomic_write_text(paths["csv"], csv_text(rows))
+    atomic_write_json(paths["json"], metrics)
     save_figure(fig, paths["png"])
     return paths

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from osplab.ablations.common import claims_table, fvd_text, judge_scores, overlap, score, write_files
+from osplab.ablations.common import claims_table, fvd_text, judge_scores, overlap, score, summary, write_files
 
 NAME = "ablation_length"
 
@@ -204,4 +204,6 @@ def figure(rows: list[Row]):
 
 def write_report(rows: list[Row], out_dir: str | Path, notes: list[str] = (), name: str = NAME) -> dict[str, Path]:
     """<out_dir>/<name>.md, .csv and .png (atomic writes); returns their paths."""
-    return write_files(out_dir, name, markdown(rows, notes), rows, figure(rows))
+    metrics = summary(rows, lambda r: f"frames_{r.frames}", ("fvd", "fvd_p2_5", "fvd_p97_5", "caption_accuracy",
+                                                            "flicker_ratio", "border_ratio", "seconds_per_clip"))
+    return write_files(out_dir, name, markdown(rows, notes), rows, figure(rows), metrics)

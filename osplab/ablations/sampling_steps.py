@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from osplab.ablations.common import claims_table, fvd_text, interval, overlap, score, write_files
+from osplab.ablations.common import claims_table, fvd_text, interval, overlap, score, summary, write_files
 
 SAMPLERS = {"rf": ("euler", "heun"), "ddpm": ("ancestral", "ddim")}
 NAME = "ablation_sampling_steps"
@@ -221,4 +221,6 @@ def figure(rows: list[Row]):
 
 def write_report(rows: list[Row], out_dir: str | Path, notes: list[str] = (), name: str = NAME) -> dict[str, Path]:
     """<out_dir>/<name>.md, .csv and .png (atomic writes); returns their paths."""
-    return write_files(out_dir, name, markdown(rows, notes), rows, figure(rows))
+    metrics = summary(rows, lambda r: f"{r.objective}_{r.sampler}_{r.steps}",
+                      ("nfe", "fvd", "fvd_p2_5", "fvd_p97_5", "caption_accuracy", "seconds"))
+    return write_files(out_dir, name, markdown(rows, notes), rows, figure(rows), metrics)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from osplab.ablations.common import claims_table, fvd_text, overlap, write_files
+from osplab.ablations.common import claims_table, fvd_text, overlap, summary, write_files
 
 NAME = "ablation_sparse_temporal"
 
@@ -277,4 +277,7 @@ def figure(rows: list[Row]):
 
 def write_report(rows: list[Row], out_dir: str | Path, notes: list[str] = (), name: str = NAME) -> dict[str, Path]:
     """<out_dir>/<name>.md, .csv and .png (atomic writes); returns their paths."""
-    return write_files(out_dir, name, markdown(rows, notes), rows, figure(rows))
+    metrics = summary(rows, lambda r: r.variant, ("params", "train_gflops_long", "step_ratio", "step_ratio_min",
+                                                  "step_ratio_max", "forward_ratio", "fvd", "fvd_p2_5", "fvd_p97_5",
+                                                  "caption_accuracy"))
+    return write_files(out_dir, name, markdown(rows, notes), rows, figure(rows), metrics)
