@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from osplab.models.attention_sparse import flex_attention_layout, sparse_temporal_sdpa
+from osplab.models.rope import apply_rope
 
 LAYOUTS = ("full", "spatial", "temporal", "sparse")  # one attention op each
 MODULE_LAYOUTS = LAYOUTS + ("factorized",)  # factorized = spatial op then temporal op
@@ -151,18 +152,22 @@ class AttentionOp(nn.Module):
         self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
         if self.backend == "compiled":  # the whole op in one graph: inductor fuses the layout copies
-            return _compiled_op_forward()(self, x, "sdpa")
-        return _op_forward(self, x, self.backend)
+            return _compiled_op_forward()(self, x, "sdpa", rope)
+        return _op_forward(self, x, self.backend, rope)
 
 
-def _op_forward(op: AttentionOp, x: torch.Tensor, backend: str) -> torch.Tensor:
+def _op_forward(op: AttentionOp, x: torch.Tensor, backend: str, rope: torch.Tensor | None = None) -> torch.Tensor:
     """AttentionOp body, x: (B, T, S, C) -> (B, T, S, C); a free function so that one compiled
-    graph serves every AttentionOp instance of the same configuration."""
+    graph serves every AttentionOp instance of the same configuration. rope: (T, S, D/2) rotation
+    angles (osplab.models.rope) applied to q and k after QK-norm, or None."""
     qkv = rearrange(op.qkv(x), "b t s (three h d) -> three b h t s d", three=3, h=op.heads)  # a view
     q, k, v = qkv.unbind(0)  # each (B, H, T, S, D); unbind's backward is one stack, not 3 zero-fills
-    out = attention(op.q_norm(q), op.k_norm(k), v, op.layout, backend, op.sparse_k)  # (B, H, T, S, D)
+    q, k = op.q_norm(q), op.k_norm(k)
+    if rope is not None:
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+    out = attention(q, k, v, op.layout, backend, op.sparse_k)  # (B, H, T, S, D)
     return op.proj(rearrange(out, "b h t s d -> b t s (h d)"))  # (B, T, S, C)
 
 
@@ -185,9 +190,10 @@ class SpatioTemporalAttention(nn.Module):
         self.layout = layout
         self.ops = nn.ModuleList(AttentionOp(dim, heads, lay, backend, sparse_k, qk_norm) for lay in layouts)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, S, C); rope: (T, S, D/2) angles for q and k (osplab.models.rope) or None."""
         if x.dim() != 4:
             raise ValueError(f"expected tokens (B, T, S, C), got shape {tuple(x.shape)}")
         for op in self.ops:
-            x = op(x)
+            x = op(x, rope)
         return x

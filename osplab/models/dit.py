@@ -36,12 +36,13 @@ from torch.utils.checkpoint import checkpoint
 from osplab.models.attention import BACKENDS, MODULE_LAYOUTS, check_choice, check_sparse_k
 from osplab.models.blocks import DiTBlock, modulate
 from osplab.models.embeddings import PatchEmbed3D, TextConditioner, TimestepEmbedder, axis_dims, sincos_3d
+from osplab.models.rope import rope_angles
 
 # Size presets (architecture only; layout/backend and everything else come from conf/dit).
 # DiT-S/B/L/XL widths and depths follow the DiT paper; "osp-v1.3" is an Open-Sora-Plan-v1.3-like
 # size (32 blocks of 24 heads x 96 = 2304 channels, patch 1x2x2) - "-like": the real model also
 # differs in its text encoder, normalisation and attention details.
-_COMMON = dict(mlp_ratio=4.0, patch=(1, 2, 2), time_freq_dim=256)
+_COMMON = dict(mlp_ratio=4.0, patch=(1, 2, 2), time_freq_dim=256, rope=False)
 PRESETS: dict[str, dict] = {
     "tiny": dict(_COMMON, width=256, depth=6, heads=4),  # CPU default: 9.4M parameters (C=64, MiniLM 384-d text)
     "S": dict(_COMMON, width=384, depth=12, heads=6),
@@ -68,6 +69,7 @@ class DiTConfig:
     backend: str            # attention backend (attention.py BACKENDS)
     sparse_k: int           # layout=sparse: anchor frame every sparse_k latent frames
     qk_norm: bool           # RMS-normalise q and k per head (self and cross)
+    rope: bool              # 3-D rotary positions on self-attention's q and k (osplab.models.rope)
     caption_dropout: float  # training probability of replacing a caption by the null caption
     seed: int               # seeds the caption-dropout coin flips when forward gets no generator
 
@@ -161,9 +163,9 @@ class CrossDiTBlock(DiTBlock):
         self.cross = CrossAttention(dim, heads, qk_norm)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: torch.Tensor,  # type: ignore[override]
-                ctx_mask: torch.Tensor) -> torch.Tensor:
+                ctx_mask: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # (B, W) each
-        x = x + gate1[:, None, None] * self.attn(modulate(self.norm1(x), shift1, scale1))  # (B, T, S, W)
+        x = x + gate1[:, None, None] * self.attn(modulate(self.norm1(x), shift1, scale1), rope)  # (B, T, S, W)
         x = x + self.cross(self.norm_cross(x), ctx, ctx_mask)  # (B, T, S, W)
         x = x + gate2[:, None, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))  # (B, T, S, W)
         return x
@@ -246,11 +248,12 @@ class DiT(nn.Module):
         drop = self._caption_drop(x.shape[0], x.device, generator)  # (B,)
         ctx, ctx_mask, pooled = self.text(text, text_mask, drop)  # (B, L, W), (B, L), (B, W)
         c = self.t_embed(t) + pooled  # (B, W)
+        rope = rope_angles(self.cfg.width // self.cfg.heads, (gt, gh, gw), x.device) if self.cfg.rope else None
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                h = checkpoint(block, h, c, ctx, ctx_mask, use_reentrant=False)  # (B, T', S, W)
+                h = checkpoint(block, h, c, ctx, ctx_mask, rope, use_reentrant=False)  # (B, T', S, W)
             else:
-                h = block(h, c, ctx, ctx_mask)  # (B, T', S, W)
+                h = block(h, c, ctx, ctx_mask, rope)  # (B, T', S, W)
         h = self.final(h, c)  # (B, T', S, pt*ph*pw*C)
         return rearrange(h, "b t (h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
                          h=gh, pt=pt, ph=ph, pw=pw)  # (B, C, T, H, W)

@@ -1,0 +1,42 @@
+"""3-D rotary position embedding (RoPE) for spatiotemporal attention.
+
+    angles = rope_angles(head_dim, (T, H, W))        # (T, H*W, head_dim / 2) float32
+    q, k = apply_rope(q, angles), apply_rope(k, angles)   # q, k: (B, heads, T, S, head_dim)
+
+Each head's channels are split into (t, h, w) parts (`embeddings.axis_dims`: near thirds, each even);
+channel pair i of an axis part is rotated by the token's position along that axis times
+theta^(-2i / part). A rotation of q and k by their positions makes q.k depend on the *offset* between
+two tokens only (Su et al. 2021), so "the same place one latent frame earlier" is the same relation in
+every frame and at every grid size, which absolute sin-cos positions added to the tokens do not give
+directly. Open-Sora-Plan (from v1.2) and most later video DiTs use 3-D RoPE.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from osplab.models.embeddings import axis_dims
+
+THETA = 10000.0  # the RoPE base of Su et al. (positions here are small integers)
+
+
+def rope_angles(head_dim: int, grid: tuple[int, int, int], device=None) -> torch.Tensor:
+    """Rotation angles of a (T, H, W) token grid -> (T, H*W, head_dim // 2) float32."""
+    T, H, W = grid
+    parts = axis_dims(head_dim)
+    pos = torch.stack(torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij"), -1)
+    pos = pos.reshape(T, H * W, 3).to(device=device, dtype=torch.float32)  # (T, S, 3)
+    out = []
+    for axis, d in enumerate(parts):
+        inv = THETA ** (-torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)  # (d/2,)
+        out.append(pos[..., axis : axis + 1] * inv)  # (T, S, d/2)
+    return torch.cat(out, dim=-1)  # (T, S, head_dim/2)
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2i, 2i+1) of x (B, heads, T, S, D) by angles (T, S, D/2); same shape and dtype."""
+    if angles.shape != (*x.shape[2:4], x.shape[-1] // 2):
+        raise ValueError(f"angles {tuple(angles.shape)} do not fit tokens {tuple(x.shape)}")
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x0, x1 = x[..., 0::2], x[..., 1::2]  # (B, heads, T, S, D/2)
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
