@@ -1,0 +1,36 @@
+"""3-D rotary positions (osplab/models/rope.py) and the DiT with them."""
+
+import pytest
+import torch
+
+from osplab.models.dit import DiT
+from osplab.models.rope import apply_rope, rope_angles
+from osplab.models.testing import inputs, randomize_, small_cfg
+
+
+def test_scores_depend_on_the_offset_only():
+    g = torch.Generator().manual_seed(0)
+    angles = rope_angles(24, (3, 4, 5))  # (T, S, D/2)
+    q1, k1 = torch.randn(24, generator=g), torch.randn(24, generator=g)
+    q = apply_rope(q1.expand(1, 1, 3, 20, 24).contiguous(), angles)
+    k = apply_rope(k1.expand(1, 1, 3, 20, 24).contiguous(), angles)
+    s = torch.einsum("tsd,uzd->tsuz", q[0, 0], k[0, 0])  # scores of every query / key pair
+    pos = lambda t, h, w: (t, h * 5 + w)  # noqa: E731
+    # the same (dt, dh, dw) = (1, 1, -2) offset from two different places
+    assert float(s[pos(0, 0, 3) + pos(1, 1, 1)]) == pytest.approx(float(s[pos(1, 2, 4) + pos(2, 3, 2)]), rel=1e-5)
+    # position (0, 0, 0) is not rotated; norms are kept
+    assert torch.allclose(q[0, 0, 0, 0], q1) and torch.allclose(q.norm(dim=-1), q1.norm().expand(1, 1, 3, 20))
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match="do not fit"):
+        apply_rope(torch.zeros(1, 1, 2, 4, 8), rope_angles(8, (2, 2, 3)))
+
+
+def test_dit_with_rope_runs_and_differs_from_without():
+    cfg = small_cfg(rope=True)
+    model = randomize_(DiT(cfg))  # away from the zero init, so that positions matter
+    x, t, text, mask = inputs(2, (2, 4, 4))
+    with_rope = model(x, t, text, mask)
+    model.cfg.rope = False
+    assert with_rope.shape == x.shape and not torch.allclose(with_rope, model(x, t, text, mask))
