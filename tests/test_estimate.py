@@ -93,9 +93,10 @@ def saved_activation_bytes(model, args, bf16: bool) -> int:
 
 @pytest.mark.parametrize("layout, backend", [(lay, "sdpa") for lay in LAYOUTS] + [("full", "eager")])
 @pytest.mark.parametrize("bf16", [False, True])
-def test_activation_bytes_match_saved_tensors(layout, backend, bf16):
+@pytest.mark.parametrize("rope", [False, True])
+def test_activation_bytes_match_saved_tensors(layout, backend, bf16, rope):
     thw = (4, 8, 8)
-    cfg = cfg_for(layout=layout, backend=backend)
+    cfg = cfg_for(layout=layout, backend=backend, rope=rope)
     model = DiT(cfg)
     measured = {B: saved_activation_bytes(model, inputs(B, thw), bf16) for B in (2, 4)}
     slope = (measured[4] - measured[2]) / 2  # per sample: weight casts and other constants cancel

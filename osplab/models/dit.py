@@ -42,7 +42,7 @@ from osplab.models.rope import rope_angles
 # DiT-S/B/L/XL widths and depths follow the DiT paper; "osp-v1.3" is an Open-Sora-Plan-v1.3-like
 # size (32 blocks of 24 heads x 96 = 2304 channels, patch 1x2x2) - "-like": the real model also
 # differs in its text encoder, normalisation and attention details.
-_COMMON = dict(mlp_ratio=4.0, patch=(1, 2, 2), time_freq_dim=256, rope=False)
+_COMMON = dict(mlp_ratio=4.0, patch=(1, 2, 2), time_freq_dim=256, rope=True)
 PRESETS: dict[str, dict] = {
     "tiny": dict(_COMMON, width=256, depth=6, heads=4),  # CPU default: 9.4M parameters (C=64, MiniLM 384-d text)
     "S": dict(_COMMON, width=384, depth=12, heads=6),

@@ -109,13 +109,28 @@ def train_flops(cfg: DiTConfig, latent_thw: tuple[int, int, int], text_len: int)
     return 3 * sum(forward_flops(cfg, latent_thw, text_len).values())
 
 
+def _rope_saved(backend: str, layout: str, a: int) -> int:
+    """Change, in units of W per token, of what one attention op saves when q and k are rotated
+    (RoPE): the rotated q and k are new contiguous tensors, which changes the copies each kernel
+    path makes. Measured per path with saved-tensor hooks (tests/test_estimate.py checks them):
+    full / spatial: +3 (rotated q, k and a contiguous v beside the qkv output that stays alive);
+    temporal: 0 and eager: 0 (their q, k, v were copied anyway); sparse: the split-KV kernel no
+    longer copies q and k (-3 in fp32, -2 under bf16 autocast)."""
+    if backend == "eager" or layout == "temporal":
+        return 0
+    if layout == "sparse":
+        return -3 if a == 4 else -2
+    return 3
+
+
 def _attention_saved(cfg: DiTConfig, layout: str, grid, a: int) -> float:
     """Bytes per token saved by one self-attention op (q/k/v, output and the layout's copies)."""
     T, H, W_ = grid
     S, W, f32 = H * W_, cfg.width, 4
+    rope = _rope_saved(cfg.backend, layout, a) * W * a if cfg.rope else 0
     if cfg.backend == "eager":  # q, k, v and output copies, and the dense softmax over all N keys
-        return 4 * W * a + cfg.heads * T * S * a
-    saved = 4 * W * a + cfg.heads * f32  # q, k, v (views of the qkv output), output; log-sum-exp
+        return 4 * W * a + cfg.heads * T * S * a + rope
+    saved = 4 * W * a + cfg.heads * f32 + rope  # q, k, v (views of the qkv output), output; log-sum-exp
     if layout == "temporal":
         saved += W * a  # the output is folded back to (B, T, S, W) for the projection: a copy
     if layout == "sparse" and cfg.backend != "eager" and other_frames(T, cfg.sparse_k):
