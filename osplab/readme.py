@@ -8,7 +8,7 @@ Every number in the block comes from a file a DVC stage writes (`metrics/*.json`
 `reports/fvd_sanity.json`); `tests/test_readme_results.py` fails when README.md and those files disagree,
 so a re-run of `dvc repro` is followed by `make readme` and both are committed together.
 The report blocks (`REPORTS`) are copied verbatim from `reports/<name>.md`, the tables the notebook
-stages write (e.g. `results` runs notebooks/results.ipynb).
+stages write (e.g. `results` runs notebooks/results.ipynb, `ablation_length` notebooks/ablation_length.ipynb).
 Observations that are not numbers (what the figures show) stay in the prose around the block.
 """
 
@@ -161,7 +161,9 @@ def splice(readme: str, block: str) -> str:
     return readme[:start] + block + readme[stop:]
 
 
-REPORTS = ("results",)  # reports/<name>.md tables that README shows verbatim between their markers
+# reports/<name>.md tables that README shows verbatim between their markers (the notebook stages of the
+# same name write them; an ablation joins once its stage has run)
+REPORTS = ("results", "ablation_sampling_steps", "ablation_length")
 
 
 def report_markers(name: str) -> tuple[str, str]:
