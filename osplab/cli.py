@@ -89,7 +89,8 @@ def _sample(args) -> int:
         cfg_scale = float(sample.cfg) if args.cfg is None else args.cfg
         height, width = args.size
         videos = gen.generate(args.captions, args.frames, height, width, steps, cfg_scale, args.seed,
-                              sampler=args.sampler, snap=bool(sample.snap_to_codebook), progress=True)
+                              sampler=args.sampler, snap=bool(sample.snap_to_codebook), progress=True,
+                              precision=str(sample.precision))
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

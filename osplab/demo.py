@@ -175,7 +175,8 @@ class DemoBackend:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 video = gen.generate([caption], f, h, w, steps, float(cfg_scale), seed, sampler=name,
-                                     snap=bool(self.cfg.diffusion.sample.snap_to_codebook), progress=progress)[0]
+                                     snap=bool(self.cfg.diffusion.sample.snap_to_codebook), progress=progress,
+                                     precision=str(self.cfg.diffusion.sample.precision))[0]
         finally:
             hook.remove()
         seconds = time.perf_counter() - started

@@ -91,15 +91,18 @@ class Generator:
 
     @torch.no_grad()
     def sample_latents(self, captions: list[str], shape: tuple[int, int, int, int], steps: int, cfg_scale: float,
-                       sampler: str | None, seed: int, progress: bool = False) -> torch.Tensor:
-        """Normalised latents (N, C, t, h, w) for `captions`, noise from `seed`."""
+                       sampler: str | None, seed: int, progress: bool = False, precision: str = "fp32") -> torch.Tensor:
+        """Normalised latents (N, C, t, h, w) for `captions`, noise from `seed`.
+
+        precision (`diffusion.sample.precision`): fp32, bf16 or auto (bf16 on a GPU that has it) for the
+        DiT's matmuls under autocast; the sampler's state and arithmetic stay fp32 either way."""
         text, mask = self.text.encode(list(captions))
         gen = torch.Generator().manual_seed(seed)
         d = self.meta["diffusion"]
         # checkpoints written before the noise prior existed were trained with independent frames
         rho = float(d.get("noise_frame_corr", 0.0))
         noise = video_noise((len(captions), *shape), rho, gen)
-        fn = guided(self.dit, text, mask, cfg_scale)
+        fn = guided(with_precision(self.dit, precision, noise.device), text, mask, cfg_scale)
         if self.meta["objective"] == "rf":
             rf = d["rf"]
             return rectified_flow.sample(fn, noise, steps, sampler or "euler", shift=float(rf["shift"]),
@@ -115,12 +118,33 @@ class Generator:
         return tensor_to_video(self.vqvae.decode(z, requantize=snap)).numpy()
 
     def generate(self, captions: list[str], frames: int, height: int, width: int, steps: int, cfg_scale: float,
-                 seed: int, sampler: str | None = None, snap: bool = True, progress: bool = False) -> np.ndarray:
+                 seed: int, sampler: str | None = None, snap: bool = True, progress: bool = False,
+                 precision: str = "fp32") -> np.ndarray:
+        """uint8 videos (N, frames, height, width, 3) for `captions` (see `sample_latents` for precision)."""
         if not steps >= 1:
             raise ValueError(f"steps={steps} must be >= 1")
         shape = self.latent_shape(frames, height, width)
-        x = self.sample_latents(captions, shape, steps, cfg_scale, sampler, seed, progress)
+        x = self.sample_latents(captions, shape, steps, cfg_scale, sampler, seed, progress, precision)
         return self.decode(x, snap)
+
+
+def with_precision(model, precision: str, device: torch.device):
+    """`model(*args)` run under bf16 autocast when `precision` asks for it on `device`
+    (osplab.train.loop.autocast_dtype: fp32 | bf16 | auto), its output returned as fp32, so that the
+    guidance arithmetic (cond - uncond, scaled) and the sampler stay in fp32."""
+    from osplab.checks import choice
+    from osplab.train.config import PRECISIONS
+    from osplab.train.loop import autocast_dtype
+
+    amp = autocast_dtype(choice("diffusion.sample.precision", precision, PRECISIONS), device)
+    if amp is None:
+        return model
+
+    def run(*args) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp):
+            return model(*args).float()
+
+    return run
 
 
 def load_generator(dit_path: str | Path, vqvae_path: str | Path, text_cfg, device: str = "cpu") -> Generator:

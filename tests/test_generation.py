@@ -151,3 +151,22 @@ def test_train_dit_rerun_resumes_and_a_changed_setting_starts_afresh(pipeline: P
     run(["-m", "osplab.cli", "params", *OVERRIDES, "train_dit.lr=1e-3", "--out", "params.yaml"], work)
     proc = run(["-m", "osplab.stages.train_dit", "--objective", "rf"], work)
     assert "holds a run of other inputs" in proc.stderr and "resumed from" not in proc.stderr
+
+
+def test_sampling_precision_wraps_the_dit_only() -> None:
+    import torch
+
+    from osplab.generate import with_precision
+    from osplab.models.dit import DiT
+    from osplab.models.testing import inputs, randomize_, small_cfg
+
+    model = randomize_(DiT(small_cfg()))
+    x, t, text, mask = inputs(2, (2, 4, 4))
+    assert with_precision(model, "fp32", x.device) is model  # plain fp32: untouched
+    with torch.no_grad():
+        full, half = model(x, t, text, mask), with_precision(model, "bf16", x.device)(x, t, text, mask)
+    assert half.dtype == torch.float32  # guidance and sampler arithmetic stay fp32
+    rel = float((half - full).norm() / full.norm())
+    assert 0 < rel < 3e-2, rel  # bf16 matmuls: close, not identical
+    with pytest.raises(ValueError, match="diffusion.sample.precision"):
+        with_precision(model, "fp16", x.device)

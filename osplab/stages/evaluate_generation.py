@@ -57,12 +57,13 @@ def judged(clips: list[np.ndarray], captions: list[str], key: str) -> tuple[dict
     return scores, [v.text for v in verdicts]
 
 
-def one_clip_seconds(gen, caption: str, steps: int, cfg_scale: float, repeats: int, snap: bool) -> float:
+def one_clip_seconds(gen, caption: str, steps: int, cfg_scale: float, repeats: int, snap: bool,
+                     precision: str) -> float:
     """Median seconds to make one 16-frame 64x64 clip (text encoding, sampling, decoding)."""
     times = []
     for k in range(repeats + 1):
         t0 = time.perf_counter()
-        gen.generate([caption], 16, 64, 64, steps, cfg_scale, seed=k, snap=snap)
+        gen.generate([caption], 16, 64, 64, steps, cfg_scale, seed=k, snap=snap, precision=precision)
         times.append(time.perf_counter() - t0)
     return float(np.median(times[1:]))  # the first call warms up
 
@@ -92,7 +93,7 @@ def speed(cfg, captions: list[str]) -> dict:
     s, b = cfg.diffusion.sample, cfg.diffusion.evaluate.bench
     gen = load_variant(cfg, "rf")
     seconds = one_clip_seconds(gen, captions[0], int(s.rf_steps), float(s.cfg),
-                               int(cfg.diffusion.evaluate.timing_repeats), bool(s.snap_to_codebook))
+                               int(cfg.diffusion.evaluate.timing_repeats), bool(s.snap_to_codebook), str(s.precision))
     bench = dit_step_fraction(gen.dit, gen.latent_shape(16, 64, 64)[1:], int(cfg.train_dit.global_batch),
                               gen.text.encode(captions[:1])[0].shape[1],
                               Timing(int(b.repeats), int(b.warmup), float(b.min_seconds), int(b.max_repeats)),
