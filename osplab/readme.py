@@ -163,7 +163,7 @@ def splice(readme: str, block: str) -> str:
 
 # reports/<name>.md tables that README shows verbatim between their markers (the notebook stages of the
 # same name write them; an ablation joins once its stage has run)
-REPORTS = ("results", "ablation_sampling_steps", "ablation_length")
+REPORTS = ("results", "ablation_sampling_steps", "ablation_length", "ablation_sparse_temporal", "ablation_codebook")
 
 
 def report_markers(name: str) -> tuple[str, str]:
