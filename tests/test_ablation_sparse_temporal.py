@@ -45,3 +45,12 @@ def test_claim_needs_a_20_percent_cut_in_every_round_and_no_clear_fvd_loss(tmp_p
     assert claims([full]) == []
     paths = write_report([full, row("sparse_k4", 0.9, 0.8, 1.1, 810)], tmp_path, ["n"])
     assert "| sparse_k4 | sparse k=4 |" in paths["md"].read_text() and paths["png"].stat().st_size > 0
+
+
+def test_a_bad_ema_decay_is_named_before_any_training(tmp_path):
+    from osplab.ablations.sparse_temporal import train_variant
+
+    cfg = compose(["profile=smoke", "ablation_sparse_temporal.ema_decay=1.0"])
+    with pytest.raises(ValueError, match="ablation_sparse_temporal.ema_decay"):
+        train_variant(cfg, Variant("full", "full"), 2, tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing was trained or claimed

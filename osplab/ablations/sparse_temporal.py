@@ -5,7 +5,8 @@ itself) instead of all frames cuts compute by about 30% for about 5% worse FVD (
 
 Each variant of `ablation_sparse_temporal.variants` (an attention layout, and k for `sparse`) is the
 DiT of `conf/dit` with only that changed, trained from the same seed on the same latents, captions and
-batches for `ablation_sparse_temporal.steps` steps (the budget, steps x `train_dit.global_batch`, is
+batches for `ablation_sparse_temporal.steps` steps with EMA decay `ablation_sparse_temporal.ema_decay`
+(short next to those steps) (the budget, steps x `train_dit.global_batch`, is
 the same for all and smaller than the main run's; the report says so), then sampled like `sample@rf`
 and scored like `evaluate_generation` (FVD with its 95% interval, the caption judge). Beside the
 quality, per variant:
@@ -93,8 +94,12 @@ def train_variant(cfg, v: Variant, steps: int, out_root: str | Path) -> Trained:
     from osplab.train import TrainConfig, read_weights, seed_everything, train
     from osplab.train.provenance import claim_stage_run
 
+    from osplab.checks import number
+
     vc = variant_config(cfg, v)
-    values = {**plain(vc.train_dit), "steps": int(steps), "out_dir": str(Path(out_root) / v.name)}
+    # the EMA horizon must be short next to the ablation's few steps, or the sampled weights stay part init
+    ema = number("ablation_sparse_temporal.ema_decay", cfg.ablation_sparse_temporal.ema_decay, 0.0, 1.0, high_open=True)
+    values = {**plain(vc.train_dit), "steps": int(steps), "out_dir": str(Path(out_root) / v.name), "ema_decay": ema}
     tcfg = TrainConfig.from_dict(values, prefix="train_dit")
     settings = {k: plain(vc[k]) for k in ("dit", "diffusion", "text")}
     settings.update(train=values, objective="rf", seed=vc.seed)
