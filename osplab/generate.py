@@ -105,6 +105,8 @@ class Generator:
         fn = guided(with_precision(self.dit, precision, noise.device), text, mask, cfg_scale)
         if self.meta["objective"] == "rf":
             rf = d["rf"]
+            # checkpoints written before x0 prediction existed predict the velocity
+            fn = rectified_flow.as_velocity(fn, str(rf.get("prediction", "velocity")), float(rf.get("t_min", 0.05)))
             return rectified_flow.sample(fn, noise, steps, sampler or "euler", shift=float(rf["shift"]),
                                          progress=progress)
         ddpm = make_ddpm(d["ddpm"])

@@ -128,10 +128,18 @@ def test_objective_losses_at_fixed_draws(stores):
         def forward(self, x, tt, text, mask):  # the true velocity of these draws
             return noise - batch["x"]
 
-    assert float(objective_loss("rf", cfg.diffusion, Exact(), batch, None, t, noise)) == pytest.approx(0, abs=1e-10)
+    velocity = compose(["diffusion.rf.prediction=velocity"]).diffusion
+    assert float(objective_loss("rf", velocity, Exact(), batch, None, t, noise)) == pytest.approx(0, abs=1e-10)
     zero = lambda x, tt, text, mask: torch.zeros_like(x)  # noqa: E731
     expected = (noise - batch["x"]).square().mean()
-    assert float(objective_loss("rf", cfg.diffusion, zero, batch, None, t, noise)) == pytest.approx(float(expected))
+    assert float(objective_loss("rf", velocity, zero, batch, None, t, noise)) == pytest.approx(float(expected))
+    # x0 prediction: the clean latents are the exact answer; a zero output means v = x_t / t, so the loss
+    # is the mean square of x_t / t - (noise - x0) = x0 / t (the path x_t = (1 - t) x0 + t noise)
+    x0_cfg = compose(["diffusion.rf.prediction=x0"]).diffusion
+    clean = lambda x, tt, text, mask: batch["x"]  # noqa: E731
+    assert float(objective_loss("rf", x0_cfg, clean, batch, None, t, noise)) == pytest.approx(0, abs=1e-10)
+    x0_over_t = (batch["x"] / t.view(-1, 1, 1, 1, 1)).square().mean()
+    assert float(objective_loss("rf", x0_cfg, zero, batch, None, t, noise)) == pytest.approx(float(x0_over_t), rel=1e-5)
     # DDPM: time t is the training index round(t * T); with zero output the loss is the target's mean square
     from osplab.tasks.dit import make_ddpm
 

@@ -159,6 +159,24 @@ def test_flow_match_euler_matches_diffusers():
     torch.testing.assert_close(ours, x_ref, rtol=0, atol=5e-7)  # ~2 float32 ulps at |x| ~ 2 after 12 steps
 
 
+def test_x0_prediction_is_the_same_flow_through_v_equals_x_minus_x0_over_t():
+    g = torch.Generator().manual_seed(5)
+    x0, noise = data(64, g), torch.randn(64, 4, generator=g, dtype=torch.float64)
+    t = torch.linspace(0.05, 1.0, 64, dtype=torch.float64)
+    # An x0 oracle gives the velocity target exactly wherever t >= t_min: zero loss.
+    oracle = rf.as_velocity(lambda x, tt: x0, "x0", t_min=0.05)
+    assert rf.loss(oracle, x0, t=t, noise=noise).item() < 1e-20
+    # The exact posterior mean E[x0 | x_t] = x_t - t E[v | x_t] converts back to the exact field ...
+    x = rf.interpolate(x0, noise, t)
+    posterior = rf.as_velocity(lambda xx, tt: xx - tt[:, None] * exact_velocity(xx, tt), "x0", t_min=0.05)
+    torch.testing.assert_close(posterior(x, t), exact_velocity(x, t))
+    # ... and below t_min the division uses t_min: v = t / t_min * exact velocity there.
+    small = torch.full((64,), 0.01, dtype=torch.float64)
+    torch.testing.assert_close(posterior(x, small), exact_velocity(x, small) * 0.01 / 0.05)
+    # 'velocity' is the backbone itself.
+    assert rf.as_velocity(exact_velocity, "velocity", t_min=0.05) is exact_velocity
+
+
 def test_bad_inputs_have_clear_errors():
     noise = torch.zeros(2, 4)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
@@ -179,6 +197,10 @@ def test_bad_inputs_have_clear_errors():
         rf.loss(lambda x, t: x[:, :1], noise, t=torch.zeros(2), noise=noise)
     with pytest.raises(ValueError, match=r"t must be \(2,\)"):
         rf.loss(exact_velocity, noise, t=torch.zeros(3), noise=noise)
+    with pytest.raises(ValueError, match="rf prediction 'eps' is unknown"):
+        rf.as_velocity(exact_velocity, "eps", 0.05)
+    with pytest.raises(ValueError, match="t_min must be in"):
+        rf.as_velocity(exact_velocity, "x0", 0.0)
 
 
 # ---- the 2-D toy of notebooks/03_rectified_flow.ipynb (osplab.diffusion.toy) ----------------------------------

@@ -24,6 +24,7 @@ from osplab.diffusion.noise import video_noise
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TIMESTEP_KINDS = ("uniform", "logit_normal")
 SAMPLERS = ("euler", "heun")
+PREDICTIONS = ("velocity", "x0")
 
 
 def _per_sample(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -35,6 +36,31 @@ def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch
     """The straight path: x0, noise (B, ...), t (B,) in [0, 1] -> x_t = (1 - t) x0 + t noise."""
     t = _per_sample(t, x0).to(x0.dtype)
     return (1 - t) * x0 + t * noise
+
+
+def as_velocity(fn: VelocityFn, prediction: str, t_min: float) -> VelocityFn:
+    """The velocity field of a backbone that predicts `prediction` ('velocity' | 'x0') at (x, t).
+
+    'velocity': fn itself. 'x0': fn(x, t) estimates the clean data, and on the straight path
+    v = (x_t - x0) / t, with t clamped below at t_min (the conversion divides by t; near t = 0 the
+    velocity is then (x - x0_hat) / t_min). Training still regresses the velocity (loss below), so the
+    loss is ||x0_hat - x0||^2 / t^2: x-prediction with a v-loss (Li & He 2025, "JiT"), whose point is
+    that a clean-data target lies on the data's low-dimensional manifold while a velocity target
+    carries the full-rank noise, which a narrow network (width <= token dim) cannot pass through.
+    Guidance is unchanged by the choice: at fixed (x, t) the map x0 -> v is affine.
+    """
+    if prediction == "velocity":
+        return fn
+    if prediction != "x0":
+        raise ValueError(f"rf prediction {prediction!r} is unknown; use one of {PREDICTIONS}")
+    if not 0 < t_min < 1:
+        raise ValueError(f"t_min must be in (0, 1) for x0 prediction, got {t_min}")
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x0 = checked(fn(x, t), x)
+        return (x - x0) / _per_sample(t, x).clamp_min(t_min).to(x.dtype)
+
+    return velocity
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,8 @@ def objective_loss(objective: str, diffusion_cfg, model: nn.Module, batch: dict,
     if objective == "rf":
         r = diffusion_cfg.rf
         sampler = rectified_flow.TimestepSampler(r.timesteps, float(r.logit_mean), float(r.logit_std))
-        return rectified_flow.loss(fn, x0, generator, t=t, noise=noise, timesteps=sampler, frame_corr=rho)
+        velocity = rectified_flow.as_velocity(fn, str(r.prediction), float(r.t_min))
+        return rectified_flow.loss(velocity, x0, generator, t=t, noise=noise, timesteps=sampler, frame_corr=rho)
     ddpm = make_ddpm(diffusion_cfg.ddpm)
     i = None if t is None else (t * ddpm.num_train_timesteps).round().long().clamp(0, ddpm.num_train_timesteps - 1)
     return ddpm.loss(fn, x0, generator, i=i, noise=noise, frame_corr=rho)
