@@ -1,4 +1,5 @@
-"""What the ablation reports share: scoring a sample set, FVD intervals, and writing md / csv / png."""
+"""What the ablation reports share: FVD intervals, verdict tables, and writing md / csv / png (scoring a
+sample set of generated clips is `osplab.ablations.scoring`, which imports stage 2)."""
 
 from __future__ import annotations
 
@@ -8,27 +9,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from osplab.io import atomic_write_json, atomic_write_text
-
-
-def judge_scores(clips: list[np.ndarray], captions: list[str]) -> dict:
-    """The caption judge of a sample set: accuracy and one score per fact kind, as `evaluate_generation`."""
-    from osplab.stages.evaluate_generation import judged
-
-    j, _ = judged(clips, captions, "acc")
-    return {"clips": len(clips), "caption_accuracy": j["acc"], "colour": j["acc_colour"], "shape": j["acc_shape"],
-            "direction": j["acc_direction"]}
-
-
-def score(clips: list[np.ndarray], captions: list[str], feats_real, ecfg: dict, i3d) -> dict:
-    """FVD of `clips` (their `eval` windows) against the real features, with its 95% bootstrap interval
-    (None when too few clips for a spread), and the caption judge: as `evaluate_generation` scores."""
-    from osplab.stages.evaluate_generation import fvd_entry
-
-    f = fvd_entry(feats_real, clips, ecfg, i3d, "I3D", False)
-    return {"fvd": f["fvd"], "fvd_p2_5": f["p2_5"], "fvd_p97_5": f["p97_5"], **judge_scores(clips, captions)}
 
 
 def interval(r) -> tuple[float, float]:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from osplab.ablations.common import claims_table, fvd_text, judge_scores, overlap, score, summary, write_files
+from osplab.ablations.common import claims_table, fvd_text, overlap, summary, write_files
+from osplab.ablations.scoring import judge_scores, score
 
 NAME = "ablation_length"
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from osplab.ablations.common import claims_table, fvd_text, interval, overlap, score, summary, write_files
+from osplab.ablations.common import claims_table, fvd_text, interval, overlap, summary, write_files
+from osplab.ablations.scoring import score
 
 SAMPLERS = {"rf": ("euler", "heun"), "ddpm": ("ancestral", "ddim")}
 NAME = "ablation_sampling_steps"
