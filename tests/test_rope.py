@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from osplab.models.dit import DiT
-from osplab.models.rope import apply_rope, rope_angles
+from osplab.models.dit import DiTConfig
+from osplab.models.rope import apply_rope, rope_rotation
 from osplab.models.testing import inputs, randomize_, small_cfg
 
 
 def test_scores_depend_on_the_offset_only():
     g = torch.Generator().manual_seed(0)
-    angles = rope_angles(24, (3, 4, 5))  # (T, S, D/2)
+    angles = rope_rotation(24, (3, 4, 5))  # (2, T, S, D/2)
     q1, k1 = torch.randn(24, generator=g), torch.randn(24, generator=g)
     q = apply_rope(q1.expand(1, 1, 3, 20, 24).contiguous(), angles)
     k = apply_rope(k1.expand(1, 1, 3, 20, 24).contiguous(), angles)
@@ -23,8 +24,14 @@ def test_scores_depend_on_the_offset_only():
 
 
 def test_shape_mismatch_is_refused():
-    with pytest.raises(ValueError, match="do not fit"):
-        apply_rope(torch.zeros(1, 1, 2, 4, 8), rope_angles(8, (2, 2, 3)))
+    with pytest.raises(ValueError, match="does not fit"):
+        apply_rope(torch.zeros(1, 1, 2, 4, 8), rope_rotation(8, (2, 2, 3)))
+
+
+def test_a_head_dim_too_small_for_rope_names_the_setting():
+    with pytest.raises(ValueError, match="dit.rope"):
+        DiTConfig(**{**vars(small_cfg(rope=True)), "width": 16, "heads": 4})  # head dim 4 < 6
+    DiTConfig(**{**vars(small_cfg(rope=False)), "width": 16, "heads": 4})  # fine without rope
 
 
 def test_dit_with_rope_runs_and_differs_from_without():

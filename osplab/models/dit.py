@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from osplab.models.attention import BACKENDS, MODULE_LAYOUTS, check_choice, check_sparse_k
 from osplab.models.blocks import DiTBlock, modulate
 from osplab.models.embeddings import PatchEmbed3D, TextConditioner, TimestepEmbedder, axis_dims, sincos_3d
-from osplab.models.rope import rope_angles
+from osplab.models.rope import rope_rotation
 
 # Size presets (architecture only; layout/backend and everything else come from conf/dit).
 # DiT-S/B/L/XL widths and depths follow the DiT paper; "osp-v1.3" is an Open-Sora-Plan-v1.3-like
@@ -83,6 +83,9 @@ class DiTConfig:
         if self.width % self.heads:
             raise ValueError(f"dit.width={self.width} must be divisible by dit.heads={self.heads}")
         axis_dims(self.width)  # even width >= 6 for the 3-D positions
+        if self.rope and ((self.width // self.heads) % 2 or self.width // self.heads < 6):
+            raise ValueError(f"dit.rope=true needs an even head dim >= 6 (width / heads = {self.width}/{self.heads} "
+                             f"= {self.width // self.heads}) to rotate t, h and w pairs; use fewer heads or dit.rope=false")
         if self.time_freq_dim % 2:
             raise ValueError(f"dit.time_freq_dim={self.time_freq_dim} must be even (sin and cos pairs)")
         if not isinstance(self.seed, int) or self.seed < 0:
@@ -248,7 +251,7 @@ class DiT(nn.Module):
         drop = self._caption_drop(x.shape[0], x.device, generator)  # (B,)
         ctx, ctx_mask, pooled = self.text(text, text_mask, drop)  # (B, L, W), (B, L), (B, W)
         c = self.t_embed(t) + pooled  # (B, W)
-        rope = rope_angles(self.cfg.width // self.cfg.heads, (gt, gh, gw), x.device) if self.cfg.rope else None
+        rope = rope_rotation(self.cfg.width // self.cfg.heads, (gt, gh, gw), x.device) if self.cfg.rope else None  # (2, T', S, D/2)
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, h, c, ctx, ctx_mask, rope, use_reentrant=False)  # (B, T', S, W)

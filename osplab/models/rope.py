@@ -1,7 +1,10 @@
 """3-D rotary position embedding (RoPE) for spatiotemporal attention.
 
-    angles = rope_angles(head_dim, (T, H, W))        # (T, H*W, head_dim / 2) float32
-    q, k = apply_rope(q, angles), apply_rope(k, angles)   # q, k: (B, heads, T, S, head_dim)
+    rotation = rope_rotation(head_dim, (T, H, W))       # (2, T, H*W, head_dim / 2): cos, sin
+    q, k = apply_rope(q, rotation), apply_rope(k, rotation)   # q, k: (B, heads, T, S, head_dim)
+
+The DiT builds the rotation once per forward and hands it to every block (cos and sin are not
+recomputed per attention op).
 
 Each head's channels are split into (t, h, w) parts (`embeddings.axis_dims`: near thirds, each even);
 channel pair i of an axis part is rotated by the token's position along that axis times
@@ -33,10 +36,18 @@ def rope_angles(head_dim: int, grid: tuple[int, int, int], device=None) -> torch
     return torch.cat(out, dim=-1)  # (T, S, head_dim/2)
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2i, 2i+1) of x (B, heads, T, S, D) by angles (T, S, D/2); same shape and dtype."""
-    if angles.shape != (*x.shape[2:4], x.shape[-1] // 2):
-        raise ValueError(f"angles {tuple(angles.shape)} do not fit tokens {tuple(x.shape)}")
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+def rope_rotation(head_dim: int, grid: tuple[int, int, int], device=None) -> torch.Tensor:
+    """cos and sin of `rope_angles` stacked -> (2, T, H*W, head_dim // 2) float32."""
+    angles = rope_angles(head_dim, grid, device)
+    return torch.stack((angles.cos(), angles.sin()))
+
+
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2i, 2i+1) of x (B, heads, T, S, D) by `rope_rotation` (2, T, S, D/2);
+    same shape and dtype."""
+    if rotation.shape != (2, *x.shape[2:4], x.shape[-1] // 2):
+        raise ValueError(f"rotation {tuple(rotation.shape)} does not fit tokens {tuple(x.shape)}: "
+                         f"expected (2, T, S, D/2) from rope_rotation")
+    cos, sin = rotation.to(x.dtype).unbind(0)  # each (T, S, D/2)
     x0, x1 = x[..., 0::2], x[..., 1::2]  # (B, heads, T, S, D/2)
     return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
