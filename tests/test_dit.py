@@ -174,6 +174,20 @@ def test_bad_inputs_are_clear_errors():
         model(x[:, :3], t, text, mask)
 
 
+def test_per_frame_t_equal_in_every_frame_is_the_per_clip_t():
+    model = randomize_(DiT(small_cfg(patch=(2, 1, 1))))
+    x, t, text, mask = inputs(thw=(4, 4, 4))
+    per_clip = model(x, t, text, mask)
+    same = model(x, t[:, None].expand(-1, 4).contiguous(), text, mask)
+    torch.testing.assert_close(same, per_clip, rtol=1e-4, atol=1e-5)  # other matmul shapes: float rounding
+    ramp = torch.stack([t, t, torch.ones_like(t), torch.ones_like(t)], dim=1)  # later token frame noisier
+    assert (model(x, ramp, text, mask) - per_clip).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"equal within each temporal patch of dit.patch\[0\]=2"):
+        model(x, torch.stack([t, torch.ones_like(t), t, t], dim=1), text, mask)
+    with pytest.raises(ValueError, match=r"one noise level per latent frame, \(B, T\) = \(2, 4\)"):
+        model(x, torch.rand(2, 3), text, mask)
+
+
 def test_half_precision_text_tokens_are_accepted():
     model = randomize_(DiT(small_cfg()))
     x, t, text, mask = inputs()

@@ -177,6 +177,40 @@ def test_x0_prediction_is_the_same_flow_through_v_equals_x_minus_x0_over_t():
     assert rf.as_velocity(exact_velocity, "velocity", t_min=0.05) is exact_velocity
 
 
+def test_frame_times_mix_per_clip_and_per_frame_levels():
+    gen = torch.Generator().manual_seed(0)
+    sampler = rf.TimestepSampler("uniform")
+    t = torch.rand(2000, generator=gen)
+    out = rf.frame_times(t, 6, 0.5, 2, sampler, gen)  # (B, 6): groups of 2 frames
+    assert out.shape == (2000, 6) and torch.equal(out[:, ::2], out[:, 1::2])
+    kept = (out == t[:, None]).all(1)
+    assert 0.45 < kept.float().mean() < 0.55  # the other half: independent levels per group
+    assert (out[~kept, 0] != out[~kept, 2]).all()
+    assert torch.equal(rf.frame_times(t, 6, 0.0, 1, sampler, gen), t[:, None].expand(-1, 6))
+    with pytest.raises(ValueError, match="do not split into groups of 4"):
+        rf.frame_times(t, 6, 0.5, 4, sampler, gen)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        rf.frame_times(t, 6, 1.5, 1, sampler, gen)
+
+
+def test_per_frame_t_in_the_loss_noises_each_frame_at_its_level():
+    x0 = torch.randn(3, 2, 4, 2, 2)
+    noise = torch.randn_like(x0)
+    t = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(3, -1)
+    seen = {}
+
+    def fn(x, tt):
+        seen["x"], seen["t"] = x, tt
+        return noise - x0  # the exact velocity: zero loss
+
+    assert rf.loss(fn, x0, t=t, noise=noise) == 0
+    torch.testing.assert_close(seen["x"][:, :, :2], x0[:, :, :2])  # t = 0: data
+    torch.testing.assert_close(seen["x"][:, :, 2:], noise[:, :, 2:])  # t = 1: noise
+    assert seen["t"].shape == (3, 4)
+    with pytest.raises(ValueError, match="per frame"):
+        rf.loss(fn, x0, t=torch.zeros(3, 5), noise=noise)
+
+
 def test_bad_inputs_have_clear_errors():
     noise = torch.zeros(2, 4)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):

@@ -28,8 +28,33 @@ PREDICTIONS = ("velocity", "x0")
 
 
 def _per_sample(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, ..., 1), broadcastable against x of shape (B, ...)."""
+    """(B,) -> (B, 1, ..., 1), broadcastable against x of shape (B, ...); a per-frame t (B, T) of a
+    video x (B, C, T, H, W) -> (B, 1, T, 1, 1)."""
+    if t.dim() == 2:
+        if x.dim() != 5 or t.shape != (x.shape[0], x.shape[2]):
+            raise ValueError(f"a per-frame t (B, T) needs video x (B, C, T, H, W) with the same B and T; got t "
+                             f"{tuple(t.shape)} for x {tuple(x.shape)}")
+        return t[:, None, :, None, None]
     return t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def frame_times(t: torch.Tensor, frames: int, fraction: float, group: int, timesteps: "TimestepSampler",
+                generator: torch.Generator) -> torch.Tensor:
+    """Per-frame noise levels (B, frames) from per-clip ones t (B,): a `fraction` of the clips (a
+    Bernoulli draw per clip) get an independent level per group of `group` frames (the DiT's temporal
+    patch), the rest keep t in every frame. Diffusion-forcing-style training: a clip whose early
+    frames are clean and later ones noisy can only be denoised from the caption's motion words, a
+    signal that a single noise level per clip hides (the model can read the motion off the noisy
+    frames themselves, or nowhere when all are noisy)."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"the fraction of clips with per-frame noise levels must be in [0, 1], got {fraction}")
+    if group < 1 or frames % group:
+        raise ValueError(f"{frames} latent frames do not split into groups of {group}")
+    batch = t.shape[0]
+    independent = timesteps(batch * (frames // group), generator, device=t.device).view(batch, frames // group)
+    pick = torch.rand(batch, generator=generator, device=t.device) < fraction  # (B,)
+    out = torch.where(pick[:, None], independent, t[:, None])  # (B, frames // group)
+    return out.repeat_interleave(group, dim=1)  # (B, frames)
 
 
 def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -100,11 +125,15 @@ def loss(
     timesteps: TimestepSampler = TimestepSampler(),
     weights: torch.Tensor | None = None,
     frame_corr: float = 0.0,
+    frame_t: float = 0.0,
+    frame_group: int = 1,
 ) -> torch.Tensor:
     """Rectified-flow training loss: MSE between fn(x_t, t) and v = noise - x0, mean over all elements.
 
-    x0: (B, ...) data; t: (B,) or None (drawn by `timesteps` from `generator`); noise: like x0 or
-    None (drawn from `generator`, correlated across latent frames by `frame_corr`, osplab.diffusion.noise).
+    x0: (B, ...) data; t: (B,), per latent frame (B, T) for video x0 (B, C, T, H, W), or None (drawn by
+    `timesteps` from `generator`; with `frame_t` > 0 that fraction of the clips gets a level per group of
+    `frame_group` latent frames, `frame_times`); noise: like x0 or None (drawn from `generator`,
+    correlated across latent frames by `frame_corr`, osplab.diffusion.noise).
     Passing both t and noise makes the loss deterministic (the
     validation loss on a fixed t-grid). weights: optional (B,) per-sample factors; the result is
     then mean_b(weights_b * mse_b), which equals the plain mean for weights of ones.
@@ -114,10 +143,14 @@ def loss(
         raise ValueError("rectified_flow.loss draws t and/or noise: pass a torch.Generator (or both t and noise)")
     if t is None:
         t = timesteps(batch, generator, device=x0.device)
+        if frame_t > 0:
+            t = frame_times(t, x0.shape[2], frame_t, frame_group, timesteps, generator)
     if noise is None:
         noise = video_noise(x0.shape, frame_corr, generator, device=x0.device, dtype=x0.dtype)
-    if t.shape != (batch,) or noise.shape != x0.shape:
-        raise ValueError(f"t must be ({batch},) and noise {tuple(x0.shape)}; got {tuple(t.shape)}, {tuple(noise.shape)}")
+    frames = (batch, x0.shape[2]) if x0.dim() == 5 else None
+    if (t.shape != (batch,) and t.shape != frames) or noise.shape != x0.shape:
+        raise ValueError(f"t must be ({batch},) (or per frame {frames}) and noise {tuple(x0.shape)}; got "
+                         f"{tuple(t.shape)}, {tuple(noise.shape)}")
     return weighted_mse(checked(fn(interpolate(x0, noise, t), t), x0), noise - x0, weights)
 
 

@@ -18,9 +18,20 @@ import torch.nn as nn
 from osplab.models.attention import SpatioTemporalAttention
 
 
+def per_frame(v: torch.Tensor) -> torch.Tensor:
+    """A conditioning tensor broadcastable against tokens (B, T, S, C): (B, C) -> (B, 1, 1, C), one
+    vector per sample; (B, T, C) -> (B, T, 1, C), one per frame (per-frame noise levels)."""
+    if v.dim() == 2:
+        return v[:, None, None]
+    if v.dim() == 3:
+        return v[:, :, None]
+    raise ValueError(f"conditioning must be (B, C) or (B, T, C), got {tuple(v.shape)}")
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, S, C); shift, scale: (B, C) -> x * (1 + scale) + shift, broadcast per sample."""
-    return x * (1 + scale[:, None, None]) + shift[:, None, None]
+    """x: (B, T, S, C); shift, scale: (B, C) or (B, T, C) -> x * (1 + scale) + shift, broadcast per
+    sample or per frame."""
+    return x * (1 + per_frame(scale)) + per_frame(shift)
 
 
 class Mlp(nn.Module):
@@ -37,7 +48,8 @@ class Mlp(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero transformer block. x: (B, T, S, C), c: (B, cond_dim) -> (B, T, S, C).
+    """adaLN-Zero transformer block. x: (B, T, S, C), c: (B, cond_dim) or per frame (B, T, cond_dim)
+    -> (B, T, S, C).
 
     Attention settings (layout, backend, sparse_k, qk_norm) are passed to
     `SpatioTemporalAttention`; mlp_ratio sets the MLP hidden width (DiT uses 4).
@@ -68,9 +80,9 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # (B, C) each
-        x = x + gate1[:, None, None] * self.attn(modulate(self.norm1(x), shift1, scale1))  # (B, T, S, C)
-        x = x + gate2[:, None, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))  # (B, T, S, C)
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # (B, [T,] C) each
+        x = x + per_frame(gate1) * self.attn(modulate(self.norm1(x), shift1, scale1))  # (B, T, S, C)
+        x = x + per_frame(gate2) * self.mlp(modulate(self.norm2(x), shift2, scale2))  # (B, T, S, C)
         return x
 
 

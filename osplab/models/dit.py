@@ -34,7 +34,7 @@ from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
 from osplab.models.attention import BACKENDS, MODULE_LAYOUTS, check_choice, check_sparse_k
-from osplab.models.blocks import DiTBlock, modulate
+from osplab.models.blocks import DiTBlock, modulate, per_frame
 from osplab.models.embeddings import PatchEmbed3D, TextConditioner, TimestepEmbedder, axis_dims, sincos_3d
 from osplab.models.rope import rope_rotation
 
@@ -154,7 +154,7 @@ class CrossAttention(nn.Module):
 class CrossDiTBlock(DiTBlock):
     """blocks.DiTBlock (unchanged) with cross-attention to the text between self-attention and MLP.
 
-    x: (B, T, S, W), c: (B, W), ctx: (B, L, W), ctx_mask: (B, L) -> (B, T, S, W). The cross branch
+    x: (B, T, S, W), c: (B, W) or (B, T, W), ctx: (B, L, W), ctx_mask: (B, L) -> (B, T, S, W). The cross branch
     has a plain affine LayerNorm and no adaLN gate (as PixArt-alpha); its output projection starts
     at zero (initialize_weights), so a fresh block is still the identity map.
     """
@@ -167,15 +167,15 @@ class CrossDiTBlock(DiTBlock):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: torch.Tensor,  # type: ignore[override]
                 ctx_mask: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # (B, W) each
-        x = x + gate1[:, None, None] * self.attn(modulate(self.norm1(x), shift1, scale1), rope)  # (B, T, S, W)
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # (B, [T,] W) each
+        x = x + per_frame(gate1) * self.attn(modulate(self.norm1(x), shift1, scale1), rope)  # (B, T, S, W)
         x = x + self.cross(self.norm_cross(x), ctx, ctx_mask)  # (B, T, S, W)
-        x = x + gate2[:, None, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))  # (B, T, S, W)
+        x = x + per_frame(gate2) * self.mlp(modulate(self.norm2(x), shift2, scale2))  # (B, T, S, W)
         return x
 
 
 class FinalLayer(nn.Module):
-    """adaLN (shift, scale from c) + Linear: x (B, T, S, W), c (B, W) -> (B, T, S, pt*ph*pw*C)."""
+    """adaLN (shift, scale from c) + Linear: x (B, T, S, W), c (B, [T,] W) -> (B, T, S, pt*ph*pw*C)."""
 
     def __init__(self, width: int, patch_voxels: int, out_channels: int):
         super().__init__()
@@ -184,7 +184,7 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(width, patch_voxels * out_channels)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.ada(c).chunk(2, dim=-1)  # (B, W) each
+        shift, scale = self.ada(c).chunk(2, dim=-1)  # (B, [T,] W) each
         return self.linear(modulate(self.norm(x), shift, scale))  # (B, T, S, p*C)
 
 
@@ -215,8 +215,12 @@ class DiT(nn.Module):
         if x.dim() != 5 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"x must be latents (B, {cfg.in_channels}, T, H, W), got {tuple(x.shape)}")
         B = x.shape[0]
-        if t.shape != (B,):
-            raise ValueError(f"t must have shape (B,) = ({B},), got {tuple(t.shape)}")
+        T, pt = x.shape[2], cfg.patch[0]
+        if t.shape != (B,) and t.shape != (B, T):
+            raise ValueError(f"t must have shape (B,) = ({B},) or, one noise level per latent frame, (B, T) = "
+                             f"({B}, {T}), got {tuple(t.shape)}")
+        if t.dim() == 2 and T % pt == 0 and not torch.equal(t, t[:, ::pt].repeat_interleave(pt, dim=1)):
+            raise ValueError(f"per-frame t must be equal within each temporal patch of dit.patch[0]={pt} frames")
         if text.dim() != 3 or text.shape[0] != B or text.shape[2] != cfg.text_dim or text.shape[1] < 1:
             raise ValueError(f"text must be ({B}, L >= 1, dit.text_dim={cfg.text_dim}), got {tuple(text.shape)}; "
                              f"dit.text_dim must equal the text encoder's hidden size")
@@ -242,15 +246,19 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """x: (B, C, T, H, W), t: (B,) in [0, 1], text: (B, L, D_text), text_mask: (B, L) bool
-        -> (B, C, T, H, W). `generator` draws the caption-dropout flips (training only)."""
+        """x: (B, C, T, H, W), t: (B,) in [0, 1] (or (B, T), a noise level per latent frame, equal within
+        each temporal patch), text: (B, L, D_text), text_mask: (B, L) bool -> (B, C, T, H, W).
+        `generator` draws the caption-dropout flips (training only)."""
         gt, gh, gw = self._check_inputs(x, t, text, text_mask)
         pt, ph, pw = self.cfg.patch
         h = self.patch(x)  # (B, T', S, W), S = H'*W'
         h = h + sincos_3d(self.cfg.width, (gt, gh, gw), x.device).to(h.dtype)  # (B, T', S, W)
         drop = self._caption_drop(x.shape[0], x.device, generator)  # (B,)
         ctx, ctx_mask, pooled = self.text(text, text_mask, drop)  # (B, L, W), (B, L), (B, W)
-        c = self.t_embed(t) + pooled  # (B, W)
+        if t.dim() == 1:
+            c = self.t_embed(t) + pooled  # (B, W)
+        else:  # one noise level per token frame: per-frame modulation
+            c = rearrange(self.t_embed(t[:, ::pt].flatten()), "(b t) w -> b t w", t=gt) + pooled[:, None]  # (B, T', W)
         rope = rope_rotation(self.cfg.width // self.cfg.heads, (gt, gh, gw), x.device) if self.cfg.rope else None  # (2, T', S, D/2)
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():

@@ -164,7 +164,10 @@ def objective_loss(objective: str, diffusion_cfg, model: nn.Module, batch: dict,
         r = diffusion_cfg.rf
         sampler = rectified_flow.TimestepSampler(r.timesteps, float(r.logit_mean), float(r.logit_std))
         velocity = rectified_flow.as_velocity(fn, str(r.prediction), float(r.t_min))
-        return rectified_flow.loss(velocity, x0, generator, t=t, noise=noise, timesteps=sampler, frame_corr=rho)
+        frame_t = float(r.frame_t)  # per-frame noise levels come in groups of the DiT's temporal patch
+        group = unwrap(model).cfg.patch[0] if frame_t > 0 else 1
+        return rectified_flow.loss(velocity, x0, generator, t=t, noise=noise, timesteps=sampler, frame_corr=rho,
+                                   frame_t=frame_t, frame_group=group)
     ddpm = make_ddpm(diffusion_cfg.ddpm)
     i = None if t is None else (t * ddpm.num_train_timesteps).round().long().clamp(0, ddpm.num_train_timesteps - 1)
     return ddpm.loss(fn, x0, generator, i=i, noise=noise, frame_corr=rho)
