@@ -105,8 +105,10 @@ class Generator:
         fn = guided(with_precision(self.dit, precision, noise.device), text, mask, cfg_scale)
         if self.meta["objective"] == "rf":
             rf = d["rf"]
-            # checkpoints written before x0 prediction existed predict the velocity
-            fn = rectified_flow.as_velocity(fn, str(rf.get("prediction", "velocity")), float(rf.get("t_min", 0.05)))
+            # checkpoints written before x0 prediction existed predict the velocity (and have no t_min)
+            prediction = str(rf.get("prediction", "velocity"))
+            if prediction != "velocity":
+                fn = rectified_flow.as_velocity(fn, prediction, float(rf["t_min"]))
             return rectified_flow.sample(fn, noise, steps, sampler or "euler", shift=float(rf["shift"]),
                                          progress=progress)
         ddpm = make_ddpm(d["ddpm"])
@@ -138,7 +140,8 @@ def with_precision(model, precision: str, device: torch.device):
     from osplab.train.config import PRECISIONS
     from osplab.train.loop import autocast_dtype
 
-    amp = autocast_dtype(choice("diffusion.sample.precision", precision, PRECISIONS), device)
+    key = "diffusion.sample.precision"
+    amp = autocast_dtype(choice(key, precision, PRECISIONS), device, key)
     if amp is None:
         return model
 

@@ -10,7 +10,8 @@ import torch
 
 from osplab.data.latents import LatentDataset, write_latents
 from osplab.data.text_cache import TextCache, check_identity, write_text_cache
-from osplab.tasks.dit import LatentNorm, TextLatents, collate, objective_loss, val_batches
+from osplab.checks import SettingError
+from osplab.tasks.dit import LatentNorm, TextLatents, check_diffusion, collate, objective_loss, val_batches
 
 
 class FakeEncoder:
@@ -163,3 +164,18 @@ def test_text_cache_replaces_its_own_store_but_not_a_user_folder(stores, tmp_pat
     with pytest.raises(FileExistsError, match="refusing to replace"):
         write_text_cache(mine, FakeEncoder(), splits, batch=2, source={}, progress=False)
     assert (mine / "notes.txt").read_text() == "keep" and not (mine / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("diffusion.rf.prediction=eps", "diffusion.rf.prediction"),
+    ("diffusion.rf.timesteps=lognormal", "diffusion.rf.timesteps"),
+    ("diffusion.rf.t_min=0", "diffusion.rf.t_min"),
+    ("diffusion.rf.frame_t=1.5", "diffusion.rf.frame_t"),
+    ("diffusion.ddpm.prediction=x0", "diffusion.ddpm.prediction"),
+])
+def test_bad_diffusion_settings_are_refused_before_a_run(override, key):
+    from osplab.config import compose
+
+    check_diffusion(compose([]).diffusion)  # the shipped settings pass
+    with pytest.raises(SettingError, match=rf"^{key}="):
+        check_diffusion(compose([override]).diffusion)

@@ -28,6 +28,7 @@ import numpy as np
 
 from osplab.ablations.common import claims_table, fvd_text, interval, overlap, summary, write_files
 from osplab.ablations.scoring import score
+from osplab.config import plain
 
 SAMPLERS = {"rf": ("euler", "heun"), "ddpm": ("ancestral", "ddim")}
 NAME = "ablation_sampling_steps"
@@ -105,15 +106,9 @@ def reusable_store(cfg, point: Point, clips: int) -> str | None:
         made = read_manifest(path)["source"]["sample"]
     except (FileNotFoundError, KeyError):
         return None
-    wanted = {k: v for k, v in _plain(cfg.diffusion.sample).items() if k != "previews"}
+    wanted = {k: v for k, v in plain(cfg.diffusion.sample).items() if k != "previews"}
     made = {k: v for k, v in made.items() if k != "previews"}
     return str(path) if made == wanted and int(made["clips"]) == clips else None
-
-
-def _plain(node) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
 
 
 def run_sweep(cfg, points: list[Point], generators: dict, clips: int, feats_real, i3d,

@@ -6,8 +6,8 @@ itself) instead of all frames cuts compute by about 30% for about 5% worse FVD (
 Each variant of `ablation_sparse_temporal.variants` (an attention layout, and k for `sparse`) is the
 DiT of `conf/dit` with only that changed, trained from the same seed on the same latents, captions and
 batches for `ablation_sparse_temporal.steps` steps with EMA decay `ablation_sparse_temporal.ema_decay`
-(short next to those steps) (the budget, steps x `train_dit.global_batch`, is
-the same for all and smaller than the main run's; the report says so), then sampled like `sample@rf`
+(short next to those steps; the budget, steps x `train_dit.global_batch`, is the same for all and
+smaller than the main run's, and the report says so), then sampled like `sample@rf`
 and scored like `evaluate_generation` (FVD with its 95% interval, the caption judge). Beside the
 quality, per variant:
 
@@ -88,19 +88,19 @@ class Trained:
 def train_variant(cfg, v: Variant, steps: int, out_root: str | Path) -> Trained:
     """Train variant `v` through the shared loop in <out_root>/<name> (resumable; a run of other
     settings or inputs is cleared first, as train_dit does) and return its EMA weights."""
+    from osplab.checks import number
     from osplab.config import plain
     from osplab.models.dit import DiT, DiTConfig
-    from osplab.tasks.dit import build_task
+    from osplab.tasks.dit import build_task, check_diffusion
     from osplab.train import TrainConfig, read_weights, seed_everything, train
     from osplab.train.provenance import claim_stage_run
-
-    from osplab.checks import number
 
     vc = variant_config(cfg, v)
     # the EMA horizon must be short next to the ablation's few steps, or the sampled weights stay part init
     ema = number("ablation_sparse_temporal.ema_decay", cfg.ablation_sparse_temporal.ema_decay, 0.0, 1.0, high_open=True)
     values = {**plain(vc.train_dit), "steps": int(steps), "out_dir": str(Path(out_root) / v.name), "ema_decay": ema}
     tcfg = TrainConfig.from_dict(values, prefix="train_dit")
+    check_diffusion(vc.diffusion)
     settings = {k: plain(vc[k]) for k in ("dit", "diffusion", "text")}
     settings.update(train=values, objective="rf", seed=vc.seed)
     claim_stage_run(tcfg.out_dir, settings, [Path(vc.vqvae.latents) / "manifest.json",

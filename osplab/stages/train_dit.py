@@ -28,7 +28,7 @@ from osplab.data.text_cache import read_manifest as read_text_manifest
 from osplab.io import atomic_write_json
 from osplab.models.dit import DiT, DiTConfig
 from osplab.provenance import run_record
-from osplab.tasks.dit import OBJECTIVES, build_task, checkpoint_path
+from osplab.tasks.dit import OBJECTIVES, build_task, check_diffusion, checkpoint_path
 from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
 from osplab.train import seed_everything, setup_logging, train
 from osplab.train.provenance import claim_stage_run
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     values = plain(cfg.train_dit)
     values["out_dir"] = str(Path(values["out_dir"]) / args.objective)
     train_cfg = TrainConfig.from_dict(values, prefix="train_dit")
+    check_diffusion(cfg.diffusion)
     settings = {k: plain(cfg[k]) for k in ("dit", "diffusion", "train_dit", "text")}
     settings.update(objective=args.objective, seed=cfg.seed)
     inputs = [Path(cfg.vqvae.latents) / "manifest.json", Path(cfg.text.cache) / "manifest.json"]

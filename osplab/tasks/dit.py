@@ -129,6 +129,28 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in ("x", "text", "mask")}
 
 
+def check_diffusion(d) -> None:
+    """The `diffusion` settings that training reads at every step, checked once before a run starts:
+    a bad value is a one-line SettingError naming the key (not a crash at the first loss step, after
+    the run directory has been claimed)."""
+    from osplab import checks
+    from osplab.diffusion import ddpm
+
+    r = d.rf
+    checks.choice("diffusion.rf.timesteps", r.timesteps, rectified_flow.TIMESTEP_KINDS)
+    checks.number("diffusion.rf.logit_mean", r.logit_mean)
+    checks.number("diffusion.rf.logit_std", r.logit_std, low=0, low_open=True)
+    checks.choice("diffusion.rf.prediction", r.prediction, rectified_flow.PREDICTIONS)
+    checks.number("diffusion.rf.t_min", r.t_min, low=0, high=1, low_open=True, high_open=True)
+    checks.number("diffusion.rf.frame_t", r.frame_t, low=0, high=1)
+    checks.number("diffusion.rf.shift", r.shift, low=0, low_open=True)
+    checks.number("diffusion.noise_frame_corr", d.noise_frame_corr, low=0, high=1)
+    checks.choice("diffusion.ddpm.schedule", d.ddpm.schedule, ddpm.SCHEDULES)
+    checks.choice("diffusion.ddpm.prediction", d.ddpm.prediction, ddpm.PREDICTIONS)
+    checks.choice("diffusion.ddpm.spacing", d.ddpm.spacing, ddpm.SPACINGS)
+    checks.integer("diffusion.ddpm.num_train_timesteps", d.ddpm.num_train_timesteps, minimum=2)
+
+
 def checkpoint_path(cfg, objective: str) -> str:
     """Where train_dit exports the DiT of `objective` (`diffusion.checkpoints`); sampling reads it there."""
     return f"{cfg.diffusion.checkpoints}/dit_{objective}.safetensors"
