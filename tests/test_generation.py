@@ -37,6 +37,11 @@ def test_generation_metrics_are_complete_and_sane(pipeline: Path) -> None:
     for name, detail in m["fvd_detail"].items():  # every FVD carries its protocol record
         assert detail["protocol"]["frames"] == cfg.eval.frames and detail["clips"] == m["clips"], name
     assert (pipeline / "reports/samples.png").stat().st_size > 10_000
+    for variant in ("rf", "ddpm"):  # the caption-use probe ran on both trained DiTs
+        probe = m["caption_use_detail"][variant]
+        assert probe["clips"] >= 1 and probe["t_grid"] == list(cfg.diffusion.val.t_grid)
+        for fact in ("colour", "shape", "direction", "null"):
+            assert np.isfinite(m[f"caption_use_{variant}_{fact}"]) and m[f"caption_use_{variant}_{fact}"] > -1
 
 
 def test_samples_follow_the_reference_clips(pipeline: Path) -> None:

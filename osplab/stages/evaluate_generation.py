@@ -15,6 +15,10 @@ rFVD), the checkpoints. Writes metrics/generation.json:
   captions), `caption_accuracy_recon` (VQVAE reconstructions of those windows: the ceiling).
 - `sample_seconds_16f_<steps>steps`: one 16-frame clip from a caption, decode included (median).
 - `dit_fraction_of_peak`: a DiT training step (fp32) / the fp32 matmul rate, timed interleaved.
+- `caption_use_<rf|ddpm>_<colour|shape|direction|null>`: how much the DiT's loss on val latents
+  rises when that caption fact is swapped (or the caption dropped), osplab.metrics.caption_use; near
+  0 means the network ignores the fact, whatever the sampler does (losses per time under
+  `caption_use_detail`).
 and reports/samples.png: frames of real, RF and DDPM clips under their captions with the verdicts.
 """
 
@@ -102,6 +106,26 @@ def speed(cfg, captions: list[str]) -> dict:
             "dit_fraction_of_peak": bench.pop("fraction_of_peak"), "dit_step": bench}
 
 
+def listening(cfg, variant: str) -> dict:
+    """The caption-use probe (osplab.metrics.caption_use) of the trained DiT of `variant` ('rf' | 'ddpm')
+    on val latents: how much its loss rises when a caption fact is swapped."""
+    from osplab.diffusion.noise import video_noise
+    from osplab.metrics.caption_use import caption_use
+    from osplab.tasks.dit import TextLatents, objective_loss
+
+    gen = load_variant(cfg, variant)
+    d = OmegaConf.create(gen.meta["diffusion"])
+    rho = float(d.noise_frame_corr)
+    data = TextLatents(cfg.vqvae.latents, cfg.text.cache, "val", norm=gen.norm)
+
+    def loss_fn(batch: dict, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return objective_loss(gen.meta["objective"], d, gen.dit, batch, None, t, noise)
+
+    return caption_use(loss_fn, data, gen.text, int(cfg.diffusion.evaluate.caption_use_clips),
+                       cfg.diffusion.val.t_grid, int(cfg.diffusion.val.seed),
+                       lambda shape, g: video_noise(shape, rho, g))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
@@ -139,8 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
     detail["fvd_floor"] = fvd_entry(feats_real, [test[i]["video"] for i in t_idx], ecfg, i3d, "I3D test", progress)
     out.update({k: d["fvd"] for k, d in detail.items()})
     out["rfvd_vqvae"] = json.loads(open("metrics/eval.json").read())["fvd"]
+    probes = {v: listening(cfg, v) for v in ("rf", "ddpm") if v in names}
+    for v, probe in probes.items():
+        out.update({f"caption_use_{v}_{k}": x for k, x in probe["increase"].items()})
     out.update(speed(cfg, captions))
-    out.update({"variants": list(names), "fvd_detail": detail, "clips": len(captions),
+    out.update({"variants": list(names), "fvd_detail": detail, "caption_use_detail": probes, "clips": len(captions),
                 "seconds": time.perf_counter() - started})
     k, shown = int(cfg.diffusion.evaluate.figure_clips), [v for v in ("rf", "ddpm") if v in names]
     fig = samples_figure({"real": real[:k], **{names[v]: clips[v][:k] for v in shown}}, captions[:k],
