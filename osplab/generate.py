@@ -140,8 +140,7 @@ def with_precision(model, precision: str, device: torch.device):
     from osplab.train.config import PRECISIONS
     from osplab.train.loop import autocast_dtype
 
-    key = "diffusion.sample.precision"
-    amp = autocast_dtype(choice(key, precision, PRECISIONS), device, key)
+    amp = autocast_dtype(choice("diffusion.sample.precision", precision, PRECISIONS), device)
     if amp is None:
         return model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from osplab.metrics.caption_use import caption_use, one_object_rows, swapped
+from osplab.diffusion.caption_use import caption_use, one_object_rows, swapped
 
 CAPTION = "a small red circle moves left slowly and bounces off the walls on a textured background"
 

@@ -16,7 +16,7 @@ rFVD), the checkpoints. Writes metrics/generation.json:
 - `sample_seconds_16f_<steps>steps`: one 16-frame clip from a caption, decode included (median).
 - `dit_fraction_of_peak`: a DiT training step (fp32) / the fp32 matmul rate, timed interleaved.
 - `caption_use_<rf|ddpm>_<colour|shape|direction|null>`: how much the DiT's loss on val latents
-  rises when that caption fact is swapped (or the caption dropped), osplab.metrics.caption_use; near
+  rises when that caption fact is swapped (or the caption dropped), osplab.diffusion.caption_use; near
   0 means the network ignores the fact, whatever the sampler does (losses per time under
   `caption_use_detail`).
 and reports/samples.png: frames of real, RF and DDPM clips under their captions with the verdicts.
@@ -107,10 +107,10 @@ def speed(cfg, captions: list[str]) -> dict:
 
 
 def listening(cfg, variant: str) -> dict:
-    """The caption-use probe (osplab.metrics.caption_use) of the trained DiT of `variant` ('rf' | 'ddpm')
+    """The caption-use probe (osplab.diffusion.caption_use) of the trained DiT of `variant` ('rf' | 'ddpm')
     on val latents: how much its loss rises when a caption fact is swapped."""
     from osplab.diffusion.noise import video_noise
-    from osplab.metrics.caption_use import caption_use
+    from osplab.diffusion.caption_use import caption_use
     from osplab.tasks.dit import TextLatents, objective_loss
 
     gen = load_variant(cfg, variant)
