@@ -91,7 +91,8 @@ class Generator:
 
     @torch.no_grad()
     def sample_latents(self, captions: list[str], shape: tuple[int, int, int, int], steps: int, cfg_scale: float,
-                       sampler: str | None, seed: int, progress: bool = False, precision: str = "fp32") -> torch.Tensor:
+                       sampler: str | None, seed: int, progress: bool = False, precision: str = "fp32",
+                       frame_lag: float = 0.0) -> torch.Tensor:
         """Normalised latents (N, C, t, h, w) for `captions`, noise from `seed`.
 
         precision (`diffusion.sample.precision`): fp32, bf16 or auto (bf16 on a GPU that has it) for the
@@ -110,7 +111,7 @@ class Generator:
             if prediction != "velocity":
                 fn = rectified_flow.as_velocity(fn, prediction, float(rf["t_min"]))
             return rectified_flow.sample(fn, noise, steps, sampler or "euler", shift=float(rf["shift"]),
-                                         progress=progress)
+                                         progress=progress, frame_lag=frame_lag, frame_group=self.dit.cfg.patch[0])
         ddpm = make_ddpm(d["ddpm"])
         return ddpm.sample(fn, noise, steps, sampler or "ancestral", generator=gen, progress=progress,
                            spacing=d["ddpm"]["spacing"], frame_corr=rho)
@@ -123,12 +124,12 @@ class Generator:
 
     def generate(self, captions: list[str], frames: int, height: int, width: int, steps: int, cfg_scale: float,
                  seed: int, sampler: str | None = None, snap: bool = True, progress: bool = False,
-                 precision: str = "fp32") -> np.ndarray:
+                 precision: str = "fp32", frame_lag: float = 0.0) -> np.ndarray:
         """uint8 videos (N, frames, height, width, 3) for `captions` (see `sample_latents` for precision)."""
         if not steps >= 1:
             raise ValueError(f"steps={steps} must be >= 1")
         shape = self.latent_shape(frames, height, width)
-        x = self.sample_latents(captions, shape, steps, cfg_scale, sampler, seed, progress, precision)
+        x = self.sample_latents(captions, shape, steps, cfg_scale, sampler, seed, progress, precision, frame_lag)
         return self.decode(x, snap)
 
 

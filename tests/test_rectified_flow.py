@@ -211,6 +211,27 @@ def test_per_frame_t_in_the_loss_noises_each_frame_at_its_level():
         rf.loss(fn, x0, t=torch.zeros(3, 5), noise=noise)
 
 
+def test_staggered_sampling_runs_every_frame_from_noise_to_data_earlier_frames_first():
+    noise = torch.randn(2, 3, 6, 2, 2)
+    seen = []
+
+    def fn(x, t):
+        seen.append(t.clone())
+        return torch.zeros_like(x)
+
+    rf.sample(fn, noise, 10, frame_lag=0.25, frame_group=2)
+    ts = torch.stack(seen)  # (steps, B, T)
+    assert ts.shape == (10, 2, 6) and torch.equal(ts[:, :, ::2], ts[:, :, 1::2])  # groups of 2 frames share t
+    assert (ts[0] == 1).all() and (ts[-1] < 1).all()
+    assert (ts[:, :, :2] <= ts[:, :, 2:4]).all() and (ts[:, :, 2:4] <= ts[:, :, 4:]).all()  # earlier frames lead
+    assert (ts[1:] <= ts[:-1]).all()  # every frame's time only decreases
+    x0 = torch.randn(2, 3, 6, 2, 2)
+    out = rf.sample(lambda x, t: noise - x0, noise, 10, frame_lag=0.25, frame_group=2)
+    torch.testing.assert_close(out, x0)  # each frame travels its whole straight path, from t = 1 to 0
+    with pytest.raises(ValueError, match="groups of 4"):
+        rf.sample(fn, noise, 3, frame_lag=0.2, frame_group=4)
+
+
 def test_bad_inputs_have_clear_errors():
     noise = torch.zeros(2, 4)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):

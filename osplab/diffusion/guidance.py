@@ -21,7 +21,7 @@ def cfg(model: Backbone, text: torch.Tensor, mask: torch.Tensor, scale: float):
     """Return fn(x, t) -> prediction for the samplers.
 
     model(x, t, text, text_mask) -> like x; text: (B, L, D_text) float; mask: (B, L) bool, True = real
-    token; x: (B, ...); t: (B,). scale == 1 is the conditional model itself (no unconditional pass);
+    token; x: (B, ...); t: (B,) (or per frame (B, T)). scale == 1 is the conditional model itself (no unconditional pass);
     scale == 0 is the unconditional model; scale > 1 extrapolates away from it.
     """
     if text.dim() != 3 or mask.shape != text.shape[:2] or mask.dtype != torch.bool:
@@ -32,7 +32,7 @@ def cfg(model: Backbone, text: torch.Tensor, mask: torch.Tensor, scale: float):
     batch = text.shape[0]
 
     def check(x: torch.Tensor, t: torch.Tensor):
-        if x.shape[0] != batch or t.shape != (batch,):
+        if x.shape[0] != batch or t.shape[0] != batch or t.dim() > 2:
             raise ValueError(f"cfg was built for a batch of {batch} captions; got x {tuple(x.shape)}, t {tuple(t.shape)}")
 
     if scale == 1:

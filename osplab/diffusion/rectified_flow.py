@@ -190,6 +190,8 @@ def sample(
     shift: float = 1.0,
     progress: bool = False,
     return_trajectory: bool = False,
+    frame_lag: float = 0.0,
+    frame_group: int = 1,
 ):
     """Integrate dx/dt = fn(x, t) from t = 1 (x = noise, shape (B, ...)) to t = 0 with `steps` steps.
 
@@ -197,22 +199,40 @@ def sample(
     calls per step, second-order accurate. Unlike EDM's Heun, the corrector also runs on the last
     step: the velocity is defined at t = 0 (it is a velocity, not a denoiser divided by sigma).
     Returns x0 (B, ...), or (x0, trajectory) with trajectory (steps + 1, B, ...) from noise to x0.
+
+    frame_lag > 0 (video noise (B, C, T, H, W), a model trained with per-frame noise levels): frame
+    group k (of `frame_group` latent frames) runs at t_k = clamp(tau + frame_lag * k, 0, 1) while tau
+    goes from 1 to -frame_lag * (groups - 1), so earlier frames are denoised ahead of later ones and
+    the later frames are drawn given them (diffusion forcing's staggered schedule); 0 = one t.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is unknown; use one of {SAMPLERS}")
     from tqdm import tqdm
 
-    grid = time_grid(steps, shift).tolist()
+    grid = time_grid(steps, shift)
     batch = noise.shape[0]
+    if frame_lag:
+        if not frame_lag > 0 or noise.dim() != 5 or noise.shape[2] % frame_group:
+            raise ValueError(f"frame_lag={frame_lag} needs frame_lag > 0 and video noise (B, C, T, H, W) whose T "
+                             f"splits into groups of {frame_group}; got {tuple(noise.shape)}")
+        groups = noise.shape[2] // frame_group
+        offsets = frame_lag * torch.arange(groups, dtype=torch.float64).repeat_interleave(frame_group)  # (T,)
+        spread = frame_lag * (groups - 1)
+        grid = ((grid * (1 + spread) - spread)[:, None] + offsets).clamp(0, 1)  # (steps + 1, T)
+    grid = grid.to(noise.device)  # float64: step sizes are differences of it, rounded once to x's dtype
+
+    def at(i: int) -> torch.Tensor:  # (B,) or (B, T) in x's dtype
+        return grid[i].to(noise.dtype).expand(batch, *grid.shape[1:]).contiguous()
+
     x = noise
     trajectory = [x]
     for i in tqdm(range(steps), desc=f"rf {sampler}", disable=not progress):
-        t_cur = torch.full((batch,), grid[i], dtype=noise.dtype, device=noise.device)
-        dt = grid[i + 1] - grid[i]  # negative: time runs from noise to data
+        t_cur, t_next = at(i), at(i + 1)
+        dt = (grid[i + 1] - grid[i]).to(noise.dtype)  # negative: time runs from noise to data
+        dt = _per_sample(dt.expand(batch, *grid.shape[1:]), x) if frame_lag else dt
         v = checked(fn(x, t_cur), x)
         x_next = x + dt * v
         if sampler == "heun":
-            t_next = torch.full_like(t_cur, grid[i + 1])
             x_next = x + dt * 0.5 * (v + checked(fn(x_next, t_next), x))
         x = x_next
         if return_trajectory:

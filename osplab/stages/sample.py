@@ -75,7 +75,8 @@ def generate_set(gen: Generator, cfg, ds: ClipDataset, indices: list[int], progr
             rows = [ds.rows[i] for i in chunk]
             videos = gen.generate([r["caption"] for r in rows], frames, h, w, steps, float(s.cfg),
                                   int(s.seed) + batch_no, sampler=sampler, snap=bool(s.snap_to_codebook),
-                                  progress=progress, precision=str(s.precision))
+                                  progress=progress, precision=str(s.precision),
+                                  frame_lag=float(s.frame_lag) if rf else 0.0)
             batch_no += 1
             for r, video in zip(rows, videos):
                 yield "sample", video, {"id": r["id"], "caption": r["caption"]}
