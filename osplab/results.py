@@ -135,7 +135,20 @@ def results_notes(root: str | Path = ".") -> list[str]:
         "reconstructions have them.",
         "Limits: a tiny model trained for minutes on 2 CPU cores on the embedded synthetic dataset; the numbers "
         "rank variants of this kit, they do not say how the method does at scale.",
-    ]
+    ] + _caption_use_note(g)
+
+
+def _caption_use_note(g: dict) -> list[str]:
+    """The caption-use probe's line (osplab/diffusion/caption_use.py), if evaluate_generation measured it."""
+    names = {"rf": "RF", "ddpm": "DDPM"}
+    parts = [f"{names[v]}: colour {g[f'caption_use_{v}_colour']:+.1%}, shape {g[f'caption_use_{v}_shape']:+.1%}, "
+             f"direction {g[f'caption_use_{v}_direction']:+.1%}, no caption {g[f'caption_use_{v}_null']:+.1%}"
+             for v in names if f"caption_use_{v}_direction" in g]
+    if not parts:
+        return []
+    return ["Caption use (osplab/diffusion/caption_use.py): how much each DiT's training loss on one-object val "
+            "clips rises when one caption fact is swapped for another value, or the caption is dropped (mean over "
+            "the validation times); near 0 means the network ignores that word. " + "; ".join(parts) + "."]
 
 
 def results_claims(rows: list[ResultRow]) -> list[dict]:

@@ -65,3 +65,16 @@ def test_a_missing_metrics_file_names_the_fix(root):
     (root / "metrics/generation.json").unlink()
     with pytest.raises(FileNotFoundError, match="generation.json is missing: run `dvc repro`"):
         results.results_rows(root)
+
+
+def test_caption_use_note_carries_the_probe_numbers(root):
+    path = root / "metrics/generation.json"
+    g = json.loads(path.read_text())
+    for k in [k for k in g if k.startswith("caption_use_")]:
+        del g[k]
+    path.write_text(json.dumps(g))
+    assert not any("Caption use" in n for n in results.results_notes(root))  # not measured: no line
+    g.update({f"caption_use_rf_{f}": v for f, v in (("colour", 0.2), ("shape", 0.01), ("direction", 0.0), ("null", 0.05))})
+    path.write_text(json.dumps(g))
+    note = next(n for n in results.results_notes(root) if n.startswith("Caption use"))
+    assert "RF: colour +20.0%, shape +1.0%, direction +0.0%, no caption +5.0%" in note and "DDPM" not in note
