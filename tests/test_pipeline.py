@@ -152,6 +152,49 @@ def test_stage_deps_cover_the_code_it_runs(name):
     assert not missing, f"dvc.yaml stage {name!r}: add to its deps: " + "; ".join(missing)
 
 
+# Whole folders a stage may list instead of its files: the training loop, which every training or
+# checkpoint-reading stage imports nearly all of through osplab.train's __init__.
+FOLDER_DEPS = {"osplab/train"}
+
+
+def extra_code_deps(stage: dict) -> list[str]:
+    """osplab code deps the stage's command never runs (each one re-runs the stage for nothing when it
+    changes), and osplab folders other than FOLDER_DEPS (a new file in them would do the same)."""
+    runs = {str(p.relative_to(REPO)) for p in code_files(resolve(stage["cmd"]))}
+    extra = []
+    for dep in stage.get("deps", []):
+        dep = resolve(dep if isinstance(dep, str) else next(iter(dep)))
+        if not dep.startswith("osplab"):
+            continue
+        if (REPO / dep).is_dir():
+            if dep not in FOLDER_DEPS:
+                extra.append(f"{dep} (a folder: list the files of it that the stage runs)")
+        elif dep not in runs:
+            extra.append(f"{dep} (not imported)")
+    return extra
+
+
+def foreach_union(name: str) -> dict:
+    """A `foreach` stage shares one deps list over its items: its command is each item's, its files the union."""
+    return {k: v for k, v in STAGES.items() if k == name or k.startswith(name + "@")}
+
+
+@pytest.mark.parametrize("name", sorted({k.split("@")[0] for k in STAGES}))
+def test_stage_code_deps_are_only_the_code_it_runs(name):
+    """The other direction: a dep the stage does not run makes every edit of that file cost a re-run
+    (the ablations once re-ran for 40 minutes after a docstring edit in a module they never import)."""
+    items = foreach_union(name)
+    extra = set.intersection(*(set(extra_code_deps(stage)) for stage in items.values()))
+    assert not extra, f"dvc.yaml stage {name!r}: remove from its deps: " + "; ".join(sorted(extra))
+
+
+def test_the_extra_deps_check_reports_unused_files_and_folders():
+    stage = {"cmd": "python -m osplab.stages.raw", "deps": ["osplab/stages/raw.py", "osplab/models/dit.py",
+                                                          "osplab/diffusion", "osplab/train"]}
+    assert extra_code_deps(stage) == ["osplab/models/dit.py (not imported)",
+                                      "osplab/diffusion (a folder: list the files of it that the stage runs)"]
+
+
 def test_the_survey_finds_transitive_imports_and_reports_them():
     """The checker itself: a stage that lists only its entry module misses what that module imports."""
     stage = {"cmd": "torchrun --standalone -m osplab.stages.train_vqvae", "deps": ["osplab/stages/train_vqvae.py"]}

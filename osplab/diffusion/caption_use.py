@@ -79,12 +79,16 @@ def caption_use(loss_fn, data, encoder, clips: int, t_grid, seed: int, noise_fn)
     grid = [float(t) for t in t_grid]
     gen = torch.Generator().manual_seed(seed)
     totals = {v: torch.zeros(len(grid), dtype=torch.float64) for v in VARIANTS}
-    for i in picked:
+    named = ("true", *KINDS)
+    captions = [c for i in picked for c in (rows[i]["caption"], *(swapped(rows[i]["caption"], k) for k in KINDS))]
+    # one encoder call for all clips' captions; padding is masked, so it changes a row's tokens only by rounding
+    all_tokens, all_mask = encoder.encode(captions)  # (n * 4, L, D), (n * 4, L)
+    for n, i in enumerate(picked):
         x = data[i]["x"][None]  # (1, C, t, h, w)
         noise = noise_fn(x.shape, gen)
-        caption = rows[i]["caption"]
-        tokens, mask = encoder.encode([caption] + [swapped(caption, k) for k in KINDS])  # (4, L, D), (4, L)
-        texts = {v: (tokens[j:j + 1], mask[j:j + 1]) for j, v in enumerate(("true", *KINDS))}
+        rows_of = slice(n * len(named), (n + 1) * len(named))
+        tokens, mask = all_tokens[rows_of], all_mask[rows_of]  # (4, L, D), (4, L)
+        texts = {v: (tokens[j:j + 1], mask[j:j + 1]) for j, v in enumerate(named)}
         texts["null"] = (tokens[:1], torch.zeros_like(mask[:1]))
         for k, t in enumerate(grid):
             tt = torch.tensor([t])

@@ -25,7 +25,6 @@ and reports/samples.png: frames of real, RF and DDPM clips under their captions 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
@@ -38,27 +37,11 @@ from osplab.bench.timing import Timing
 from osplab.config import load_params
 from osplab.data.clips import ClipDataset
 from osplab.io import atomic_write_json
-from osplab.metrics.judge import caption_accuracy, judge_clips
-from osplab.metrics.sanity import clip_features, fvd_result, fvd_window, usable_clips
+from osplab.metrics.generated import fvd_entry, judged
+from osplab.metrics.sanity import fvd_window, usable_clips
 from osplab.stages.evaluate import real_side
 from osplab.stages.sample import VARIANTS, load_variant
 from osplab.viz import samples_figure, save_figure
-
-
-def fvd_entry(feats_real, clips: list[np.ndarray], ecfg: dict, i3d, desc: str, progress: bool) -> dict:
-    windows = [fvd_window(v, ecfg["frames"], ecfg["stride"]) for v in clips]
-    result = fvd_result(feats_real, clip_features(windows, i3d, ecfg, desc, progress), ecfg, i3d.weights_sha256)
-    return {"fvd": result.fvd, "std": result.bootstrap_std, "p2_5": result.bootstrap_p2_5,
-            "p97_5": result.bootstrap_p97_5, "clips": len(clips), "protocol": dataclasses.asdict(result.protocol)}
-
-
-def judged(clips: list[np.ndarray], captions: list[str], key: str) -> tuple[dict, list[str]]:
-    """{key: caption accuracy, key_colour / key_shape / key_direction: per fact kind}, verdict lines."""
-    verdicts = judge_clips(clips, captions)
-    summary = caption_accuracy(verdicts)
-    scores = {key: summary["caption_accuracy"]}
-    scores.update({f"{key}_{kind}": summary[f"{kind}_accuracy"] for kind in ("colour", "shape", "direction")})
-    return scores, [v.text for v in verdicts]
 
 
 def one_clip_seconds(gen, caption: str, steps: int, cfg_scale: float, repeats: int, snap: bool,
@@ -92,10 +75,10 @@ def judge_real(cfg, ecfg: dict, ids: list[str], captions: list[str], chance_seed
     return out, real, lines
 
 
-def speed(cfg, captions: list[str]) -> dict:
-    """One-clip generation time and the DiT training step as a fraction of the fp32 matmul rate."""
+def speed(cfg, gen, captions: list[str]) -> dict:
+    """One-clip generation time of the RF generator `gen` and the DiT training step as a fraction of the
+    fp32 matmul rate."""
     s, b = cfg.diffusion.sample, cfg.diffusion.evaluate.bench
-    gen = load_variant(cfg, "rf")
     seconds = one_clip_seconds(gen, captions[0], int(s.rf_steps), float(s.cfg),
                                int(cfg.diffusion.evaluate.timing_repeats), bool(s.snap_to_codebook), str(s.precision))
     bench = dit_step_fraction(gen.dit, gen.latent_shape(16, 64, 64)[1:], int(cfg.train_dit.global_batch),
@@ -106,14 +89,13 @@ def speed(cfg, captions: list[str]) -> dict:
             "dit_fraction_of_peak": bench.pop("fraction_of_peak"), "dit_step": bench}
 
 
-def listening(cfg, variant: str) -> dict:
-    """The caption-use probe (osplab.diffusion.caption_use) of the trained DiT of `variant` ('rf' | 'ddpm')
-    on val latents: how much its loss rises when a caption fact is swapped."""
+def listening(cfg, gen) -> dict:
+    """The caption-use probe (osplab.diffusion.caption_use) of the trained generator `gen` (load_variant
+    'rf' or 'ddpm') on val latents: how much its DiT's loss rises when a caption fact is swapped."""
     from osplab.diffusion.noise import video_noise
     from osplab.diffusion.caption_use import caption_use
     from osplab.tasks.dit import TextLatents, objective_loss
 
-    gen = load_variant(cfg, variant)
     d = OmegaConf.create(gen.meta["diffusion"])
     rho = float(d.noise_frame_corr)
     data = TextLatents(cfg.vqvae.latents, cfg.text.cache, "val", norm=gen.norm)
@@ -163,10 +145,14 @@ def main(argv: list[str] | None = None) -> dict:
     detail["fvd_floor"] = fvd_entry(feats_real, [test[i]["video"] for i in t_idx], ecfg, i3d, "I3D test", progress)
     out.update({k: d["fvd"] for k, d in detail.items()})
     out["rfvd_vqvae"] = json.loads(open("metrics/eval.json").read())["fvd"]
-    probes = {v: listening(cfg, v) for v in ("rf", "ddpm") if v in names}
-    for v, probe in probes.items():
-        out.update({f"caption_use_{v}_{k}": x for k, x in probe["increase"].items()})
-    out.update(speed(cfg, captions))
+    probes = {}
+    for v in ("rf", "ddpm"):
+        if v in names:  # one load per generator: the probe, then (rf) the timings
+            gen = load_variant(cfg, v)
+            probes[v] = listening(cfg, gen)
+            out.update({f"caption_use_{v}_{k}": x for k, x in probes[v]["increase"].items()})
+            if v == "rf":
+                out.update(speed(cfg, gen, captions))
     out.update({"variants": list(names), "fvd_detail": detail, "caption_use_detail": probes, "clips": len(captions),
                 "seconds": time.perf_counter() - started})
     k, shown = int(cfg.diffusion.evaluate.figure_clips), [v for v in ("rf", "ddpm") if v in names]
