@@ -13,6 +13,7 @@ import ast
 import json
 import re
 import shlex
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,7 @@ def entry_points(cmd: str) -> tuple[list[str], list[Path]]:
     return modules, notebooks
 
 
+@lru_cache(maxsize=None)  # both deps tests survey every stage's command; read-only for its callers
 def code_files(cmd: str) -> dict[Path, str]:
     """Every file a stage command runs -> why (the file or notebook that imports it first)."""
     modules, notebooks = entry_points(cmd)
