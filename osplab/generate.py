@@ -141,7 +141,8 @@ def with_precision(model, precision: str, device: torch.device):
     from osplab.train.config import PRECISIONS
     from osplab.train.loop import autocast_dtype
 
-    amp = autocast_dtype(choice("diffusion.sample.precision", precision, PRECISIONS), device)
+    amp = autocast_dtype(choice("diffusion.sample.precision", precision, PRECISIONS), device,
+                        "diffusion.sample.precision")
     if amp is None:
         return model
 

@@ -45,7 +45,8 @@ def frame_times(t: torch.Tensor, frames: int, fraction: float, group: int, times
     patch), the rest keep t in every frame. Diffusion-forcing-style training: a clip whose early
     frames are clean and later ones noisy can only be denoised from the caption's motion words, a
     signal that a single noise level per clip hides (the model can read the motion off the noisy
-    frames themselves, or nowhere when all are noisy)."""
+    frames themselves, or nowhere when all are noisy). Measured here it did not help: with 0.5 the
+    1000-step DiT still ignores the direction word (docs/stage2_experiments.md), so it is off by default."""
     if not 0 <= fraction <= 1:
         raise ValueError(f"the fraction of clips with per-frame noise levels must be in [0, 1], got {fraction}")
     if group < 1 or frames % group:

@@ -39,10 +39,11 @@ class NonFiniteError(RuntimeError):
     """Raised after train.max_nonfinite consecutive steps with a non-finite loss or grad norm."""
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: torch.device, key: str = "train.precision") -> torch.dtype | None:
     """bf16 autocast where it is wanted and supported; None means plain fp32.
 
     auto: bf16 on CUDA GPUs that support it, fp32 elsewhere (CPU bf16 only when asked for).
+    `key` is the setting the error names (a sampler passes `diffusion.sample.precision`).
     """
     if precision == "fp32":
         return None
@@ -50,8 +51,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16
         if precision == "bf16":
-            raise RuntimeError(f"train.precision=bf16 but {torch.cuda.get_device_name()} has no "
-                               "bf16 support; use train.precision=fp32 or auto")
+            raise RuntimeError(f"{key}=bf16 but {torch.cuda.get_device_name()} has no "
+                               f"bf16 support; use {key}=fp32 or auto")
         return None
     return torch.bfloat16 if precision == "bf16" else None
 
