@@ -31,7 +31,7 @@ def tiny_cfg(**over) -> VQVAEConfig:
     settings = dict(arch="hierarchical", base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1, downsample=(4, 8, 8),
                     attn_blocks=1, attn_heads=2, codebook_size=64, embed_dim=8, l2_normalize=True,
                     commitment=0.25, ema_decay=0.9, restart_every=20, norm_groups=4, decoder_causal=True,
-                    unpatch_kernel=1, refiner_channels=0, tdiff_weight=0.0, grad_weight=0.0)
+                    unpatch_kernel=1, refiner_channels=0, refiner_features=0, tdiff_weight=0.0, grad_weight=0.0)
     settings.update(over)
     return VQVAEConfig(**settings)
 
@@ -40,7 +40,7 @@ def patch_cfg(**over) -> VQVAEConfig:
     settings = dict(arch="patch", base_channels=16, channel_mult=(1,), num_res_blocks=1, downsample=(4, 8, 8),
                     attn_blocks=1, attn_heads=2, codebook_size=64, embed_dim=8, l2_normalize=False,
                     commitment=0.25, ema_decay=0.9, restart_every=20, norm_groups=4, decoder_causal=True,
-                    unpatch_kernel=1, refiner_channels=0, tdiff_weight=0.0, grad_weight=0.0)
+                    unpatch_kernel=1, refiner_channels=0, refiner_features=0, tdiff_weight=0.0, grad_weight=0.0)
     settings.update(over)
     return VQVAEConfig(**settings)
 
@@ -308,6 +308,39 @@ def test_pca_init_is_the_same_autoencoder_with_a_wider_unpatch_kernel_and_a_refi
     w = wide.decoder.unpatch.weight
     own = w[(slice(None), slice(None), *wide.decoder.own_tap)]
     assert own.abs().sum() > 0 and (w.abs().sum() - own.abs().sum()).abs() < 1e-6  # only the latent's own tap
+
+
+def test_refiner_features_start_as_the_same_autoencoder_and_learn():
+    """refiner_features: the unpatch writes extra full-resolution channels for the refiner; after the PCA
+    init the output is still the PCA autoencoder (the refiner's last conv is zero), the feature rows keep
+    a random init, and one training step reaches them."""
+    clips = [smooth_video(6, 8, 16, 16, seed=1)]
+    ref = VQVAE(patch_cfg(embed_dim=8, codebook_size=32, refiner_channels=4))
+    feat = VQVAE(patch_cfg(embed_dim=8, codebook_size=32, refiner_channels=4, refiner_features=5))
+    for model in (ref, feat):
+        torch.manual_seed(0)
+        model.init_from_data(clips, kmeans_iters=5, seed=0)
+    rgb_rows = 3 * math.prod(feat.cfg.downsample)
+    assert feat.decoder.unpatch.weight.shape[0] == (3 + 5) * math.prod(feat.cfg.downsample)
+    assert feat.decoder.unpatch.weight[rgb_rows:].std() > 0  # random, not zeroed by the PCA init
+    ref.eval(), feat.eval()
+    with torch.no_grad():
+        out = feat.decoder(feat.encoder(clips[0]))
+        assert out.shape == clips[0].shape
+        torch.testing.assert_close(out, ref.decoder(ref.encoder(clips[0])), atol=2e-4, rtol=0)
+    feat.train()
+    opt = torch.optim.SGD(feat.parameters(), lr=0.1)
+    for _ in range(2):  # step 1 moves the zero last conv, step 2 passes a gradient back to the feature rows
+        opt.zero_grad()
+        F.mse_loss(feat.decoder(feat.encoder(clips[0])), clips[0]).backward()
+        opt.step()
+    assert feat.decoder.unpatch.weight.grad[rgb_rows:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch, refiner", [("patch", 0), ("hierarchical", 4)])
+def test_refiner_features_need_the_patch_arch_and_a_refiner(arch, refiner):
+    with pytest.raises(checks.SettingError, match="refiner_features"):
+        patch_cfg(arch=arch, refiner_channels=refiner, refiner_features=3)
 
 
 def test_non_causal_decoder_sees_the_next_latent_frame_and_the_encoder_stays_causal():

@@ -95,6 +95,8 @@ class VQVAEConfig:
     decoder_causal: bool        # true: decoded frames of latent frame t see latents <= t only; false: both sides
     unpatch_kernel: int         # patch arch: kernel (odd) of the conv from latents to pixel blocks (1 = own latent)
     refiner_channels: int       # width of the full-resolution residual 3D-conv refiner after decoding (0 = none)
+    refiner_features: int       # patch arch: extra full-resolution feature channels the unpatch writes beside RGB,
+                                # read by the refiner only (0 = the refiner sees the decoded RGB alone)
     tdiff_weight: float         # weight of the L1 loss on frame-to-frame differences (recon vs input)
     grad_weight: float          # weight of the L1 loss on horizontal and vertical pixel differences
 
@@ -139,7 +141,7 @@ class VQVAEConfig:
         checks.choice(f"{key}.arch", self.arch, ("patch", "hierarchical"))
         for name, minimum in (("base_channels", 1), ("attn_blocks", 0), ("attn_heads", 1), ("codebook_size", 1),
                               ("embed_dim", 1), ("restart_every", 1), ("norm_groups", 1), ("unpatch_kernel", 1),
-                              ("refiner_channels", 0)):
+                              ("refiner_channels", 0), ("refiner_features", 0)):
             checks.integer(f"{key}.{name}", getattr(self, name), minimum)
         checks.integers(f"{key}.channel_mult", self.channel_mult, 1)
         checks.integers(f"{key}.downsample", self.downsample, 1, length=3)
@@ -153,6 +155,9 @@ class VQVAEConfig:
             raise checks.SettingError(f"{key}.unpatch_kernel={self.unpatch_kernel}: use an odd kernel (1, 3, ...)")
         if self.arch != "patch" and self.unpatch_kernel != 1:
             raise checks.SettingError(f"{key}.unpatch_kernel={self.unpatch_kernel} is for arch=patch only; use 1")
+        if self.refiner_features and (self.arch != "patch" or not self.refiner_channels):
+            raise checks.SettingError(f"{key}.refiner_features={self.refiner_features} needs arch=patch and a refiner "
+                                      f"(refiner_channels > 0); use 0")
         checks.number(f"{key}.commitment", self.commitment, 0.0)
         checks.number(f"{key}.tdiff_weight", self.tdiff_weight, 0.0)
         checks.number(f"{key}.grad_weight", self.grad_weight, 0.0)
@@ -314,28 +319,33 @@ def _mid(c: int, cfg: VQVAEConfig, causal: bool = True) -> nn.Sequential:
 
 
 class Refiner(nn.Module):
-    """Full-resolution residual 3D-conv stack on decoded video: x + conv(SiLU(conv(SiLU(conv(x))))).
+    """Full-resolution residual 3D-conv stack on decoded video: rgb + conv(SiLU(conv(SiLU(conv(x))))).
 
-    (B, 3, T, H, W) -> same shape. Each output pixel sees a 7x7x7 neighbourhood, so it can blend
-    across the borders of the pixel blocks that the latents decode to, and across latent frames
-    (causal=False: both sides in time). The last conv starts at zero: the refiner starts as the
-    identity and training only adds what the losses ask for.
+    x: (B, 3 + features, T, H, W), the decoded RGB followed by `features` extra channels that the
+    decoder writes at full resolution for the refiner only -> (B, 3, T, H, W). Without extra
+    channels the refiner only sees colours and must guess, say, where a triangle's corner was from a
+    blurred block; the extra channels carry what the latent knew. Each output pixel sees a 7x7x7
+    neighbourhood, so it can blend across the borders of the pixel blocks that the latents decode to,
+    and across latent frames (causal=False: both sides in time). The last conv starts at zero: the
+    refiner starts as the identity on the RGB and training only adds what the losses ask for.
     """
 
-    def __init__(self, channels: int, causal: bool):
+    def __init__(self, channels: int, causal: bool, features: int = 0):
         super().__init__()
-        self.conv_in = CausalConv3d(3, channels, causal=causal)
+        self.conv_in = CausalConv3d(3 + features, channels, causal=causal)
         self.conv_mid = CausalConv3d(channels, channels, causal=causal)
         self.conv_out = CausalConv3d(channels, 3, causal=causal)
         nn.init.zeros_(self.conv_out.conv.weight)
         nn.init.zeros_(self.conv_out.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv_out(F.silu(self.conv_mid(F.silu(self.conv_in(x)))))
+        return x[:, :3] + self.conv_out(F.silu(self.conv_mid(F.silu(self.conv_in(x)))))
 
 
 def _refiner(cfg: VQVAEConfig) -> nn.Module:
-    return Refiner(cfg.refiner_channels, cfg.decoder_causal) if cfg.refiner_channels else nn.Identity()
+    if not cfg.refiner_channels:
+        return nn.Identity()
+    return Refiner(cfg.refiner_channels, cfg.decoder_causal, cfg.refiner_features)
 
 
 class Encoder(nn.Module):
@@ -419,8 +429,8 @@ class PatchEncoder(nn.Module):
 
 class PatchDecoder(nn.Module):
     """(B, embed_dim, T', H', W') -> (B, 3, T' ft, H' fh, W' fw): blocks at latent resolution, then
-    a conv to the ft*fh*fw*3 pixel values of each latent's block, depth-to-space, and the optional
-    full-resolution refiner.
+    a conv to the ft*fh*fw*(3 + refiner_features) values of each latent's block (RGB, then the
+    refiner's feature channels), depth-to-space, and the optional full-resolution refiner.
 
     With unpatch_kernel k > 1 the block of latent (t, i, j) is computed from the k x k x k latents
     around it (past only if decoder_causal), so neighbouring blocks can agree at their borders and
@@ -433,11 +443,12 @@ class PatchDecoder(nn.Module):
         c, self.factors, k = cfg.level_channels()[0], cfg.downsample, cfg.unpatch_kernel
         self.inp = nn.Conv3d(cfg.embed_dim, c, 1)
         self.blocks = _latent_blocks(c, cfg, cfg.decoder_causal)
-        self.unpatch = nn.Conv3d(c, 3 * math.prod(self.factors), k, padding=(0, k // 2, k // 2))
+        out = 3 + cfg.refiner_features                  # RGB first, then the refiner's feature channels
+        self.unpatch = nn.Conv3d(c, out * math.prod(self.factors), k, padding=(0, k // 2, k // 2))
         self.time_pad = (k - 1, 0) if cfg.decoder_causal else (k // 2, k // 2)
         self.own_tap = (k - 1 if cfg.decoder_causal else k // 2, k // 2, k // 2)  # the latent's own tap (t, h, w)
         if k > 1:
-            nn.init.zeros_(self.unpatch.weight)
+            nn.init.zeros_(self.unpatch.weight[:3 * math.prod(self.factors)])  # RGB rows; see init_from_data
         self.refine = _refiner(cfg)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -511,9 +522,10 @@ class VQVAE(nn.Module):
             enc.out.bias.zero_()
             dec.inp.weight.copy_(eye.t()[:, :, None, None, None])
             dec.inp.bias.zero_()
-            dec.unpatch.weight.zero_()
-            dec.unpatch.weight[(slice(None), slice(None), *dec.own_tap)] = comp.t()
-            dec.unpatch.bias.copy_(mean.float())
+            rgb = comp.shape[1]                               # the RGB rows of the unpatch; feature rows
+            dec.unpatch.weight[:rgb].zero_()                  # (refiner_features) keep their random init
+            dec.unpatch.weight[(slice(0, rgb), slice(None), *dec.own_tap)] = comp.t()
+            dec.unpatch.bias[:rgb].copy_(mean.float())
             # the PCA reconstruction's squared error is the variance left in the discarded components
             mse = evals[dim:].clamp_min(0).sum().item() / rows.numel()
             stats["pca_psnr"] = 10.0 * math.log10(4.0 / max(mse, 1e-20))
