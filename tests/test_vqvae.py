@@ -320,7 +320,8 @@ def test_refiner_features_start_as_the_same_autoencoder_and_learn():
     for model in (ref, feat):
         torch.manual_seed(0)
         model.init_from_data(clips, kmeans_iters=5, seed=0)
-    rgb_rows = 3 * math.prod(feat.cfg.downsample)
+    rgb_rows = feat.decoder.rgb_rows
+    assert rgb_rows == 3 * math.prod(feat.cfg.downsample)
     assert feat.decoder.unpatch.weight.shape[0] == (3 + 5) * math.prod(feat.cfg.downsample)
     assert feat.decoder.unpatch.weight[rgb_rows:].std() > 0  # random, not zeroed by the PCA init
     ref.eval(), feat.eval()

@@ -330,7 +330,7 @@ class Refiner(nn.Module):
     refiner starts as the identity on the RGB and training only adds what the losses ask for.
     """
 
-    def __init__(self, channels: int, causal: bool, features: int = 0):
+    def __init__(self, channels: int, causal: bool, features: int):
         super().__init__()
         self.conv_in = CausalConv3d(3 + features, channels, causal=causal)
         self.conv_mid = CausalConv3d(channels, channels, causal=causal)
@@ -443,12 +443,13 @@ class PatchDecoder(nn.Module):
         c, self.factors, k = cfg.level_channels()[0], cfg.downsample, cfg.unpatch_kernel
         self.inp = nn.Conv3d(cfg.embed_dim, c, 1)
         self.blocks = _latent_blocks(c, cfg, cfg.decoder_causal)
-        out = 3 + cfg.refiner_features                  # RGB first, then the refiner's feature channels
-        self.unpatch = nn.Conv3d(c, out * math.prod(self.factors), k, padding=(0, k // 2, k // 2))
+        self.rgb_rows = 3 * math.prod(self.factors)     # unpatch rows of the RGB; the refiner's feature rows follow
+        rows = (3 + cfg.refiner_features) * math.prod(self.factors)
+        self.unpatch = nn.Conv3d(c, rows, k, padding=(0, k // 2, k // 2))
         self.time_pad = (k - 1, 0) if cfg.decoder_causal else (k // 2, k // 2)
         self.own_tap = (k - 1 if cfg.decoder_causal else k // 2, k // 2, k // 2)  # the latent's own tap (t, h, w)
         if k > 1:
-            nn.init.zeros_(self.unpatch.weight[:3 * math.prod(self.factors)])  # RGB rows; see init_from_data
+            nn.init.zeros_(self.unpatch.weight[:self.rgb_rows])  # see init_from_data
         self.refine = _refiner(cfg)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -522,8 +523,8 @@ class VQVAE(nn.Module):
             enc.out.bias.zero_()
             dec.inp.weight.copy_(eye.t()[:, :, None, None, None])
             dec.inp.bias.zero_()
-            rgb = comp.shape[1]                               # the RGB rows of the unpatch; feature rows
-            dec.unpatch.weight[:rgb].zero_()                  # (refiner_features) keep their random init
+            rgb = dec.rgb_rows                                # feature rows (refiner_features) keep their
+            dec.unpatch.weight[:rgb].zero_()                  # random init
             dec.unpatch.weight[(slice(0, rgb), slice(None), *dec.own_tap)] = comp.t()
             dec.unpatch.bias[:rgb].copy_(mean.float())
             # the PCA reconstruction's squared error is the variance left in the discarded components
