@@ -217,3 +217,45 @@ def test_kmeans_init_is_a_lloyd_fixed_point_and_survives_the_first_restart(l2):
     torch.testing.assert_close(vq.codebook[unused], before[unused])
     with pytest.raises(ValueError, match="at least codebook_size=4 vectors"):
         make_vq(k=4, d=3).init_kmeans(z[:3], iters=1, seed=0)
+
+
+def _background_and_outliers(seed=0):
+    """4000 rows near the origin (a flat background) and 40 rows on 8 far-away clusters (object edges)."""
+    g = torch.Generator().manual_seed(seed)
+    background = 0.01 * torch.randn(4000, 4, generator=g)
+    centres = 5.0 * torch.randn(8, 4, generator=g)
+    outliers = centres.repeat_interleave(5, 0) + 0.01 * torch.randn(40, 4, generator=g)
+    return torch.cat([background, outliers]), len(background)
+
+
+def _kmeans_error_on_outliers(error_sampling):
+    z, n_bg = _background_and_outliers()
+    vq = VectorQuantizer(16, 4, 0.25, 0.9, False, 10, error_sampling=error_sampling)
+    vq.init_kmeans(z, iters=5, seed=0)
+    q = vq.codebook[vq.nearest(z)]
+    return float((z - q)[n_bg:].pow(2).sum(1).mean())
+
+
+def test_error_sampling_puts_kmeans_codes_on_the_rare_far_rows():
+    # uniform seeding draws ~0.2 of 16 seeds from the 1% outliers, so most of their clusters share codes;
+    # seeding by squared distance to the mean draws nearly all of them there
+    uniform, by_error = _kmeans_error_on_outliers(0.0), _kmeans_error_on_outliers(1.0)
+    assert by_error < 0.1 * uniform
+    assert by_error < 0.05
+
+
+def test_error_sampling_restart_draws_the_badly_quantized_rows():
+    vq = make_vq(k=4, d=2, restart_every=1, started=True).train()
+    vq.error_sampling = 1.0
+    vq.codebook.copy_(torch.tensor([[0.0, 0.0], [100.0, 100.0], [200.0, 200.0], [300.0, 300.0]]))
+    vq.ema_sum.copy_(vq.codebook)
+    z = torch.cat([torch.zeros(50, 2), torch.tensor([[0.0, 9.0]])])   # one row far from every code
+    vq(as5d(z))                     # codes 1..3 unused: replaced; error weights all mass on the far row
+    new = vq.codebook[1:]
+    assert int((new == torch.tensor([0.0, 9.0])).all(1).sum()) == 1  # without replacement: once
+    assert int((new == 0).all(1).sum()) == 2                          # the rest: rows of z all the same
+
+
+def test_error_sampling_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="error_sampling"):
+        VectorQuantizer(8, 4, 0.25, 0.9, False, 10, error_sampling=1.5)

@@ -30,7 +30,7 @@ def tiny_cfg(**over) -> VQVAEConfig:
     """A tiny hierarchical model (the patch architecture has its own helper, patch_cfg)."""
     settings = dict(arch="hierarchical", base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1, downsample=(4, 8, 8),
                     attn_blocks=1, attn_heads=2, codebook_size=64, embed_dim=8, l2_normalize=True,
-                    commitment=0.25, ema_decay=0.9, restart_every=20, norm_groups=4, decoder_causal=True,
+                    commitment=0.25, ema_decay=0.9, restart_every=20, error_sampling=0.0, norm_groups=4, decoder_causal=True,
                     unpatch_kernel=1, refiner_channels=0, refiner_features=0, tdiff_weight=0.0, grad_weight=0.0)
     settings.update(over)
     return VQVAEConfig(**settings)
@@ -39,7 +39,7 @@ def tiny_cfg(**over) -> VQVAEConfig:
 def patch_cfg(**over) -> VQVAEConfig:
     settings = dict(arch="patch", base_channels=16, channel_mult=(1,), num_res_blocks=1, downsample=(4, 8, 8),
                     attn_blocks=1, attn_heads=2, codebook_size=64, embed_dim=8, l2_normalize=False,
-                    commitment=0.25, ema_decay=0.9, restart_every=20, norm_groups=4, decoder_causal=True,
+                    commitment=0.25, ema_decay=0.9, restart_every=20, error_sampling=0.0, norm_groups=4, decoder_causal=True,
                     unpatch_kernel=1, refiner_channels=0, refiner_features=0, tdiff_weight=0.0, grad_weight=0.0)
     settings.update(over)
     return VQVAEConfig(**settings)

@@ -20,6 +20,13 @@ Choices (and why):
 - **Dead-code restart**: every `restart_every` training forward passes (micro-batches; and on the
   very first one, which doubles as a data-dependent initialisation), each code that received no
   vector since the last check is replaced by a randomly chosen encoder output of the current batch.
+- **Error sampling** (`error_sampling` = a in [0, 1]): k-means seeds, codes that k-means leaves empty
+  and dead-code replacements are drawn with probability (1 - a) / N + a * e_i / sum(e), where e_i is
+  the row's squared distance to its nearest code (to the mean, for the first seeds; a one-step
+  k-means++). Uniform draws (a = 0) follow the data's density, and in videos that is mostly flat
+  background: on the embedded data 16% of the latents (object cells) held 96% of the quantization
+  error with uniform seeding, so objects came back with rounded corners. Error draws put codes where
+  the error is.
 - Only training mode (`module.train()`) updates the codebook; encode for evaluation in eval mode.
 - All state (codebook, EMA statistics, usage since the last restart, update counter) is in buffers,
   so it is saved with the weights; the restart draws from torch's global RNG (restored on resume).
@@ -64,7 +71,7 @@ class VectorQuantizer(nn.Module):
     """Nearest-code quantization of (B, D, T, H, W) latents with a straight-through gradient."""
 
     def __init__(self, codebook_size: int, dim: int, commitment: float, decay: float,
-                 l2_normalize: bool, restart_every: int, chunk: int = 4096):
+                 l2_normalize: bool, restart_every: int, error_sampling: float = 0.0, chunk: int = 4096):
         super().__init__()
         if codebook_size < 2 or dim < 1:
             raise ValueError(f"codebook_size={codebook_size} and dim={dim}: need codebook_size >= 2 and dim >= 1")
@@ -72,7 +79,10 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"decay={decay}: the EMA decay must be in [0, 1)")
         if restart_every < 1:
             raise ValueError(f"restart_every={restart_every}: must be >= 1 (training batches between restarts)")
+        if not 0.0 <= error_sampling <= 1.0:
+            raise ValueError(f"error_sampling={error_sampling}: must be in [0, 1] (share of draws weighted by error)")
         self.codebook_size, self.dim = codebook_size, dim
+        self.error_sampling = float(error_sampling)
         self.commitment, self.decay = commitment, decay
         self.l2_normalize, self.restart_every = l2_normalize, restart_every
         self.chunk = chunk  # vectors per distance block: bounds memory at chunk x K floats
@@ -85,6 +95,16 @@ class VectorQuantizer(nn.Module):
 
     def _norm(self, z: torch.Tensor) -> torch.Tensor:
         return F.normalize(z, dim=-1) if self.l2_normalize else z
+
+    def _draw(self, err: torch.Tensor, k: int, generator=None) -> torch.Tensor:
+        """k distinct row indices of N rows (k <= N), drawn with probability (1 - a) / N + a * err / sum(err)
+        (a = error_sampling); err (N,) non-negative, e.g. squared distances to the nearest code."""
+        n, a = len(err), self.error_sampling
+        if a == 0.0 or float(err.sum()) <= 0.0:
+            return torch.randperm(n, generator=generator, device=err.device)[:k]
+        p = (1.0 - a) / n + a * err.double() / err.double().sum()
+        # every row stays drawable (a = 1 and few rows with error): without replacement needs k non-zero weights
+        return torch.multinomial(p.clamp_min(1e-12 / n).float(), k, replacement=False, generator=generator)
 
     def nearest(self, z_flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of z_flat (N, D) (already normalised) -> (N,) int64."""
@@ -147,6 +167,7 @@ class VectorQuantizer(nn.Module):
 
         z (N, D) normalised encoder outputs, idx (N,) their codes, counts (K,) global histogram.
         """
+        err = (z - self.codebook[idx]).pow(2).sum(1) if self.error_sampling else None  # (N,) before the update
         sums = torch.zeros_like(self.ema_sum).index_add_(0, idx, z)    # (K, D) sum of assigned z
         if _distributed():
             dist.all_reduce(sums)
@@ -159,16 +180,17 @@ class VectorQuantizer(nn.Module):
             self.codebook.copy_(self.ema_sum / self.ema_count.clamp_min(1e-12)[:, None])
         self.usage_since_restart.add_(counts)
         if self.updates.item() % self.restart_every == 0:
-            self.restart_dead(z)
+            self.restart_dead(z, err)
         self.updates.add_(1)
 
     @torch.no_grad()
     def init_kmeans(self, z: torch.Tensor, iters: int, seed: int) -> dict[str, float]:
         """Start the codebook as k-means of the vectors z (N, D), N >= codebook_size (Lloyd's algorithm).
 
-        Codes start at distinct random rows of z (PCG-seeded by `seed`); each Lloyd step moves every
-        code to the mean of its vectors (renormalised with l2_normalize) and re-seeds empty codes
-        with random rows. The EMA state restarts from the result, and the final assignment counts
+        Codes start at distinct rows of z (seeded by `seed`; drawn by squared distance to the mean
+        for the error_sampling share); each Lloyd step moves every code to the mean of its vectors
+        (renormalised with l2_normalize) and re-seeds empty codes with rows drawn by their
+        quantization error (error_sampling share) or uniformly. The EMA state restarts from the result, and the final assignment counts
         as usage, so the first training batch's dead-code restart only replaces codes that k-means
         left empty. Returns kmeans_snr_db (10 log10 of the vectors' total variance over the mean
         squared quantization error), kmeans_usage (fraction of codes with vectors) and kmeans_vectors.
@@ -178,13 +200,17 @@ class VectorQuantizer(nn.Module):
         if n < K:
             raise ValueError(f"k-means needs at least codebook_size={K} vectors, got {n}: initialise from more clips")
         g = torch.Generator().manual_seed(seed)
-        self.codebook.copy_(z[torch.randperm(n, generator=g)[:K]])
+        self.codebook.copy_(z[self._draw((z - z.mean(0)).pow(2).sum(1), K, g)])
         for _ in range(iters):
             idx = self.nearest(z)
             counts = torch.bincount(idx, minlength=K)
             means = torch.zeros_like(self.codebook).index_add_(0, idx, z) / counts.clamp_min(1)[:, None]
             empty = counts == 0
-            means[empty] = z[torch.randint(n, (int(empty.sum()),), generator=g)]
+            if empty.any() and self.error_sampling:
+                err = (z - self.codebook[idx]).pow(2).sum(1)
+                means[empty] = z[self._draw(err, int(empty.sum()), g)]
+            else:
+                means[empty] = z[torch.randint(n, (int(empty.sum()),), generator=g)]
             self.codebook.copy_(self._norm(means))
         if _distributed():  # every rank computed the same; make it bitwise so
             dist.broadcast(self.codebook, src=0)
@@ -199,11 +225,13 @@ class VectorQuantizer(nn.Module):
                 "kmeans_usage": (counts > 0).float().mean().item(), "kmeans_vectors": n}
 
     @torch.no_grad()
-    def restart_dead(self, z: torch.Tensor) -> int:
+    def restart_dead(self, z: torch.Tensor, err: torch.Tensor | None = None) -> int:
         """Replace every code unused since the last check by a random row of z (N, D).
 
-        Sampling is without replacement when z has enough rows; otherwise with replacement plus a
-        tiny jitter so duplicates are not exact ties. Returns the number of codes replaced.
+        Sampling is without replacement when z has enough rows (drawn by err (N,), the rows'
+        squared quantization errors, for the error_sampling share; uniformly without err);
+        otherwise with replacement plus a tiny jitter so duplicates are not exact ties. Returns the
+        number of codes replaced.
         """
         dead = self.usage_since_restart == 0
         n_dead = int(dead.sum().item())
@@ -211,7 +239,9 @@ class VectorQuantizer(nn.Module):
         if n_dead == 0 or z.shape[0] == 0:
             return 0
         if z.shape[0] >= n_dead:
-            new = z[torch.randperm(z.shape[0], device=z.device)[:n_dead]]
+            pick = (self._draw(err, n_dead) if err is not None
+                    else torch.randperm(z.shape[0], device=z.device)[:n_dead])
+            new = z[pick]
         else:
             new = z[torch.randint(z.shape[0], (n_dead,), device=z.device)]
             new = new + 1e-3 * new.std() * torch.randn_like(new)
@@ -225,4 +255,5 @@ class VectorQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"codebook_size={self.codebook_size}, dim={self.dim}, l2_normalize={self.l2_normalize}, "
-                f"decay={self.decay}, commitment={self.commitment}, restart_every={self.restart_every}")
+                f"decay={self.decay}, commitment={self.commitment}, restart_every={self.restart_every}, "
+                f"error_sampling={self.error_sampling}")

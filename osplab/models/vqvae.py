@@ -91,6 +91,8 @@ class VQVAEConfig:
     commitment: float           # weight beta of the commitment loss
     ema_decay: float            # EMA decay of the codebook
     restart_every: int          # training forward passes between dead-code restarts
+    error_sampling: float       # share (0-1) of k-means seeds and dead-code replacements drawn by quantization
+                                # error instead of uniformly (see quantizer.py)
     norm_groups: int            # GroupNorm groups (must divide every level's channels)
     decoder_causal: bool        # true: decoded frames of latent frame t see latents <= t only; false: both sides
     unpatch_kernel: int         # patch arch: kernel (odd) of the conv from latents to pixel blocks (1 = own latent)
@@ -162,6 +164,7 @@ class VQVAEConfig:
         checks.number(f"{key}.tdiff_weight", self.tdiff_weight, 0.0)
         checks.number(f"{key}.grad_weight", self.grad_weight, 0.0)
         checks.number(f"{key}.ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+        checks.number(f"{key}.error_sampling", self.error_sampling, 0.0, 1.0)
 
     def level_channels(self) -> list[int]:
         return [self.base_channels * m for m in self.channel_mult]
@@ -480,7 +483,7 @@ class VQVAE(nn.Module):
         self.encoder = PatchEncoder(cfg) if patch else Encoder(cfg)
         self.decoder = PatchDecoder(cfg) if patch else Decoder(cfg)
         self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.embed_dim, cfg.commitment, cfg.ema_decay,
-                                         cfg.l2_normalize, cfg.restart_every)
+                                         cfg.l2_normalize, cfg.restart_every, cfg.error_sampling)
 
     @torch.no_grad()
     def init_from_data(self, clips: list[torch.Tensor], kmeans_iters: int, seed: int) -> dict[str, float]:
