@@ -46,3 +46,13 @@ def test_lossless_codebook_gives_the_same_decode(model):
     for kind in ("caption", "colour", "shape", "direction"):
         assert out[f"codes_{kind}_accuracy"] == out[f"continuous_{kind}_accuracy"]
     assert out["object_error_share"] == 0.0 and out["background_error_share"] == 0.0
+
+
+def test_cli_bad_input_names_the_problem(tmp_path):
+    from osplab.bench.quantization import main
+
+    with pytest.raises(FileNotFoundError, match="dvc repro train_vqvae"):
+        main(["--checkpoint", str(tmp_path / "missing.safetensors"), "--root", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["--clips", "0", "--checkpoint", str(tmp_path / "missing.safetensors")])
+    assert not list(tmp_path.iterdir())          # nothing written

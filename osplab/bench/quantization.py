@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from osplab.metrics.judge import caption_accuracy, judge_clip
 from osplab.metrics.video import psnr
@@ -45,6 +46,8 @@ def compare(model: VQVAE, clips, captions: list[str], progress: bool = False) ->
     for video in tqdm(clips, desc="encode/decode", unit="clip", disable=not progress):
         x = video_to_tensor(video)
         z_e = model.encoder(x)
+        if model.quantizer.l2_normalize:   # codes live on the unit sphere: compare and decode the projected latents
+            z_e = F.normalize(z_e, dim=1)
         z_q, indices, _ = model.quantizer(z_e)
         blocks = patch_rows(x, model.cfg.downsample)                              # (cells, 3 ft fh fw)
         is_object.append(blocks.view(len(blocks), 3, -1).std(-1).amax(-1) > OBJECT_STD)
@@ -65,7 +68,7 @@ def compare(model: VQVAE, clips, captions: list[str], progress: bool = False) ->
         out[f"{name}_cells"] = float(cells.double().mean())                         # share of all latents
         out[f"{name}_error_share"] = float(err[cells].sum() / err.sum().clamp_min(1e-30))
         out[f"{name}_codes"] = int(torch.unique(used[cells]).numel())
-    out["codes_in_both"] = len(set(used[is_object].tolist()) & set(used[~is_object].tolist()))
+    out["codes_in_both"] = int(torch.isin(torch.unique(used[is_object]), used[~is_object]).sum())
     return out
 
 
@@ -77,13 +80,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--clips", type=int, default=None, help="the first N clips of the split (default: all)")
     ap.add_argument("--out", help="also write the summary as JSON here")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    from osplab.data.clips import ClipDataset
+    if args.clips is not None and args.clips < 1:
+        ap.error(f"--clips {args.clips}: give at least 1 clip (or leave it out for the whole split)")
+    from osplab.generate import _require
+    from osplab.metrics.judge import store_clips
     from osplab.stages.encode import load_vqvae
 
-    ds = ClipDataset(args.root, args.split)
-    n = len(ds) if args.clips is None else min(args.clips, len(ds))
-    summary = compare(load_vqvae(args.checkpoint), [ds[i]["video"] for i in range(n)],
-                      [ds.rows[i]["caption"] for i in range(n)], progress=True)
+    model = load_vqvae(str(_require(args.checkpoint, "vqvae")))
+    clips, captions, _ = store_clips(args.root, args.split, args.clips)
+    summary = compare(model, clips, captions, progress=True)
     summary = {**summary, "checkpoint": args.checkpoint, "split": args.split}
     print(json.dumps(summary, indent=1))
     if args.out:
@@ -95,5 +100,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main()
