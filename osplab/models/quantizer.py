@@ -167,7 +167,9 @@ class VectorQuantizer(nn.Module):
 
         z (N, D) normalised encoder outputs, idx (N,) their codes, counts (K,) global histogram.
         """
-        err = (z - self.codebook[idx]).pow(2).sum(1) if self.error_sampling else None  # (N,) before the update
+        due = self.updates.item() % self.restart_every == 0
+        # (N,) squared errors against the codes before this update; only a restart reads them
+        err = (z - self.codebook[idx]).pow(2).sum(1) if self.error_sampling and due else None
         sums = torch.zeros_like(self.ema_sum).index_add_(0, idx, z)    # (K, D) sum of assigned z
         if _distributed():
             dist.all_reduce(sums)
@@ -179,7 +181,7 @@ class VectorQuantizer(nn.Module):
         else:  # the clamp only matters after ~10^4 unused steps, long after a restart took the code
             self.codebook.copy_(self.ema_sum / self.ema_count.clamp_min(1e-12)[:, None])
         self.usage_since_restart.add_(counts)
-        if self.updates.item() % self.restart_every == 0:
+        if due:
             self.restart_dead(z, err)
         self.updates.add_(1)
 
