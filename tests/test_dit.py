@@ -87,6 +87,32 @@ def test_padded_text_tokens_do_not_matter():
     assert (model(x, t, real, mask) - ref)[0].abs().max() > 1e-3
 
 
+def test_text_standardisation_is_fitted_on_valid_tokens_and_applied_in_forward():
+    """fit_standardisation: per-dimension mean / std of the real tokens only (padding may hold anything),
+    std floored for constant dimensions; forward then equals the identity model fed standardised tokens."""
+    gen = torch.Generator().manual_seed(3)
+    tokens = torch.randn(6, 5, D_TEXT, generator=gen) * torch.linspace(0.5, 3, D_TEXT) + torch.arange(D_TEXT)
+    tokens[..., 0] = 7.0  # a constant dimension
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    mask[:, 3:] = False
+    tokens[~mask] = 1e6  # padding must not enter the statistics
+    model = randomize_(DiT(small_cfg(text_standardise=True)))
+    model.text.fit_standardisation(tokens, mask)
+    valid = tokens[mask]
+    z = (valid - model.text.token_mean) / model.text.token_std
+    torch.testing.assert_close(z[:, 1:].mean(0), torch.zeros(D_TEXT - 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z[:, 1:].std(0), torch.ones(D_TEXT - 1), atol=1e-5, rtol=0)
+    floor = DiT(small_cfg()).text.STD_FLOOR * float(valid.std(0).median())
+    assert float(model.text.token_std[0]) == pytest.approx(floor, rel=1e-5) and z[:, 0].abs().max() == 0
+    identity = randomize_(DiT(small_cfg()))  # same weights, buffers left at mean 0 / std 1
+    x, t, text, mask2 = inputs()
+    torch.testing.assert_close(model(x, t, text, mask2),
+                               identity(x, t, (text - model.text.token_mean) / model.text.token_std, mask2))
+    assert torch.equal(DiT(small_cfg()).state_dict()["text.token_std"], torch.ones(D_TEXT))
+    with pytest.raises(ValueError, match="at least 2 valid tokens"):
+        model.text.fit_standardisation(tokens, torch.zeros_like(mask))
+
+
 def test_all_false_mask_is_the_learned_null_caption():
     model = randomize_(DiT(small_cfg()))
     x, t, text, _ = inputs()

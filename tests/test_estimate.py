@@ -20,7 +20,7 @@ LAYOUTS = ["full", "spatial", "temporal", "factorized", "sparse"]
 
 def cfg_for(**over) -> DiTConfig:
     base = dict(preset="tiny", in_channels=C, text_dim=D_TEXT, width=64, depth=2, heads=2, layout="full",
-                backend="sdpa", sparse_k=2, qk_norm=False, caption_dropout=0.0, seed=0)
+                backend="sdpa", sparse_k=2, qk_norm=False, caption_dropout=0.0, text_standardise=False, seed=0)
     return DiTConfig.from_dict({**base, **over})
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.torch
+import torch
 
 from osplab.config import load_params
 from stage2_smoke import STAGE2_OVERRIDES as OVERRIDES
@@ -82,6 +83,17 @@ def test_checkpoint_records_what_sampling_checks(pipeline: Path) -> None:
     assert json.loads(meta["config"])["profile"] == "smoke"
     norm = json.loads(meta["latent_norm"])
     assert norm["scale"] > 0
+    # the text standardisation fitted on the train captions travels in the weights
+    from osplab.data.text_cache import TextCache
+    from osplab.generate import read_dit
+
+    dit, _ = read_dit(pipeline / "checkpoints/smoke/dit_rf.safetensors")
+    assert dit.cfg.text_standardise
+    cfg = load_params(pipeline / "params.yaml")
+    cache = TextCache(pipeline / cfg.text.cache, "train")
+    valid = cache.tokens[cache.mask].double()
+    torch.testing.assert_close(dit.text.token_mean, valid.mean(0).float())
+    assert (dit.text.token_std > 0).all() and not torch.equal(dit.text.token_std, torch.ones_like(dit.text.token_std))
 
 
 def test_sampling_refuses_a_dit_of_another_vqvae_or_text_encoder(pipeline: Path, tmp_path: Path) -> None:

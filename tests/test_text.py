@@ -95,7 +95,7 @@ def test_encoder_output_feeds_the_dit(enc):
 
     cfg = DiTConfig.from_dict(dict(preset="tiny", in_channels=4, text_dim=enc.dim, width=32, depth=1, heads=2,
                                    layout="full", backend="sdpa", sparse_k=2, qk_norm=False,
-                                   caption_dropout=0.0, seed=0))
+                                   caption_dropout=0.0, text_standardise=False, seed=0))
     tokens, mask = enc.encode([SHORT, LONG])
     x = torch.randn(2, 4, 2, 4, 4)
     assert DiT(cfg)(x, torch.rand(2), tokens, mask).shape == x.shape

@@ -71,6 +71,7 @@ class DiTConfig:
     qk_norm: bool           # RMS-normalise q and k per head (self and cross)
     rope: bool              # 3-D rotary positions on self-attention's q and k (osplab.models.rope)
     caption_dropout: float  # training probability of replacing a caption by the null caption
+    text_standardise: bool  # train_dit fits per-dimension token mean/std on the train captions (TextConditioner)
     seed: int               # seeds the caption-dropout coin flips when forward gets no generator
 
     def __post_init__(self):

@@ -93,18 +93,46 @@ class TextConditioner(nn.Module):
     A sample whose mask is all False (no caption, the CFG "null" caption, or dropped by caption
     dropout) gets the learned null embedding instead: one real token `null`, so the cross-attention
     and the pooling always have a key to look at, and the unconditional branch is learned.
+
+    Every token is first standardised per dimension, (text - token_mean) / token_std, with fixed
+    buffers (D_text,) that `fit_standardisation` measures on the train captions (identity until then;
+    saved in the state dict, so a checkpoint carries them and the cache and the live encoder meet the
+    same transform). Why: a pretrained encoder's tokens share a large common component (MiniLM's mean
+    token is half as long as a token), so two captions that differ in one word differ little in every
+    token; centred and scaled, the word that differs stands out (docs/stage2_experiments.md).
     """
+
+    STD_FLOOR = 0.1  # token_std >= STD_FLOOR x the median std: near-constant dimensions are not blown up
 
     def __init__(self, text_dim: int, width: int):
         super().__init__()
         self.null = nn.Parameter(torch.zeros(text_dim))  # initialised in dit.initialize_weights
         self.tokens = nn.Sequential(nn.Linear(text_dim, width), nn.GELU(approximate="tanh"), nn.Linear(width, width))
         self.pooled = nn.Sequential(nn.Linear(text_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.register_buffer("token_mean", torch.zeros(text_dim))
+        self.register_buffer("token_std", torch.ones(text_dim))
+
+    @torch.no_grad()
+    def fit_standardisation(self, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        """Set token_mean / token_std from the valid tokens of `tokens` (N, L, D_text), mask (N, L)."""
+        if tokens.dim() != 3 or tokens.shape[-1] != self.token_mean.numel() or mask.shape != tokens.shape[:2]:
+            raise ValueError(f"tokens must be (N, L, {self.token_mean.numel()}) with mask (N, L), got "
+                             f"{tuple(tokens.shape)} and {tuple(mask.shape)}")
+        valid = tokens[mask].double()  # (n, D_text)
+        if len(valid) < 2:
+            raise ValueError(f"standardising the text tokens needs at least 2 valid tokens, got {len(valid)}")
+        mean, std = valid.mean(0), valid.std(0)
+        std = std.clamp_min(self.STD_FLOOR * float(std.median()))
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and float(std.min()) > 0):
+            raise ValueError("the text tokens' statistics are not finite and positive (constant or non-finite cache?)")
+        self.token_mean.copy_(mean.to(self.token_mean))
+        self.token_std.copy_(std.to(self.token_std))
 
     def forward(self, text: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor):
         """drop: (B,) bool, samples to replace by the null caption. Returns (B, L, width), (B, L), (B, width)."""
         B, L, _ = text.shape
         text = text.to(self.null.dtype)  # a half-precision token cache meets fp32 weights (autocast recasts)
+        text = (text - self.token_mean.to(text.dtype)) / self.token_std.to(text.dtype)  # (B, L, D_text)
         null = ~mask.any(dim=1) | drop  # (B,)
         first = torch.arange(L, device=mask.device) == 0  # (L,)
         mask = torch.where(null[:, None], first[None], mask)  # (B, L): null samples keep one token

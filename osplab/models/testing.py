@@ -12,7 +12,7 @@ C, D_TEXT = 8, 16  # latent channels and text-token size of the small test DiTs
 def small_cfg(**over) -> DiTConfig:
     """A 2-block, 32-wide DiT config (every value explicit); `over` replaces any of them."""
     base = dict(preset="tiny", in_channels=C, text_dim=D_TEXT, width=32, depth=2, heads=2, layout="full",
-                backend="sdpa", sparse_k=2, qk_norm=False, caption_dropout=0.0, seed=0)
+                backend="sdpa", sparse_k=2, qk_norm=False, caption_dropout=0.0, text_standardise=False, seed=0)
     return DiTConfig.from_dict({**base, **over})
 
 

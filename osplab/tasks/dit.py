@@ -14,6 +14,10 @@ Objectives (conf/diffusion): `rf` (rectified flow, velocity target) or `ddpm` (t
 baseline), both on the same backbone. Their noise and timesteps come from the global torch RNG of
 the batch's device, which the loop checkpoints, so a resumed run draws the same ones.
 
+Text. With `dit.text_standardise` the DiT's text tokens are standardised per dimension by the mean
+and std of the train captions' valid tokens, measured here once and kept as buffers of the model
+(`TextConditioner.fit_standardisation`), so the exported weights carry them.
+
 Validation: the objective's loss on fixed val latents, at fixed times (`diffusion.val.t_grid`)
 with fixed noise, logged at every checkpoint next to the training loss (`val/loss`, `val/loss_tX`).
 """
@@ -222,6 +226,8 @@ def build_task(model: DiT, objective: str, cfg) -> Task:
     cap = cfg.diffusion.latent_max_channel_std
     train = TextLatents(cfg.vqvae.latents, cfg.text.cache, "train", max_channel_std=None if cap is None else float(cap))
     val = TextLatents(cfg.vqvae.latents, cfg.text.cache, "val", norm=train.norm)
+    if model.cfg.text_standardise:  # fixed buffers of the model: the checkpoint carries them to sampling
+        model.text.fit_standardisation(train.tokens, train.mask)
     shapes = train.shapes()
     common = max(set(shapes), key=shapes.count)
     grid = [float(t) for t in cfg.diffusion.val.t_grid]
