@@ -7,7 +7,7 @@ import torch
 
 from osplab.config import compose
 from osplab.models.dit import PRESETS, DiT, DiTConfig
-from osplab.models.embeddings import axis_dims, sincos_1d, sincos_3d
+from osplab.models.embeddings import TextConditioner, axis_dims, sincos_1d, sincos_3d
 from osplab.models.testing import C, D_TEXT, inputs, randomize_, small_cfg  # noqa: F401
 
 
@@ -102,7 +102,7 @@ def test_text_standardisation_is_fitted_on_valid_tokens_and_applied_in_forward()
     z = (valid - model.text.token_mean) / model.text.token_std
     torch.testing.assert_close(z[:, 1:].mean(0), torch.zeros(D_TEXT - 1), atol=1e-5, rtol=0)
     torch.testing.assert_close(z[:, 1:].std(0), torch.ones(D_TEXT - 1), atol=1e-5, rtol=0)
-    floor = DiT(small_cfg()).text.STD_FLOOR * float(valid.std(0).median())
+    floor = TextConditioner.STD_FLOOR * float(valid.std(0).median())
     assert float(model.text.token_std[0]) == pytest.approx(floor, rel=1e-5) and z[:, 0].abs().max() == 0
     identity = randomize_(DiT(small_cfg()))  # same weights, buffers left at mean 0 / std 1
     x, t, text, mask2 = inputs()
