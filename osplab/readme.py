@@ -120,17 +120,24 @@ def generation_row(root: Path) -> str:
     def fvd(key: str) -> str:
         return f"{_f(d[key]['fvd'])} [{_f(d[key]['p2_5'])}, {_f(d[key]['p97_5'])}]"
 
-    def facts(prefix: str) -> str:
-        return (f"{_f(g[prefix], 3)} (colour {_f(g[prefix + '_colour'], 2)}, shape {_f(g[prefix + '_shape'], 2)}, "
-                f"direction {_f(g[prefix + '_direction'], 2)})")
+    def travel(prefix: str) -> str:
+        """How far the named objects move along their caption's axis (the judge's motion_px), if measured."""
+        key = prefix + "_motion_px"
+        return f"travel {_f(g[key], 1)} px" if key in g else ""
 
+    def facts(prefix: str) -> str:
+        moved = f", {travel(prefix)}" if travel(prefix) else ""
+        return (f"{_f(g[prefix], 3)} (colour {_f(g[prefix + '_colour'], 2)}, shape {_f(g[prefix + '_shape'], 2)}, "
+                f"direction {_f(g[prefix + '_direction'], 2)}{moved})")
+
+    real_travel = f" ({travel('caption_accuracy_real')})" if travel("caption_accuracy_real") else ""
     return _row("`sample@*`, `evaluate_generation`", "`metrics/generation.json`, `reports/samples.png`, `metrics/sample_rf.json`, "
                 "`metrics/sample_ddpm.json`, `metrics/sample_untrained.json`",
                 f"{g['clips']} samples each, FVD [bootstrap interval]: RF 50 Euler steps {fvd('fvd_rf50')}, DDPM 1000 steps "
                 f"{fvd('fvd_ddpm1000')}, untrained DiT {fvd('fvd_untrained')}; bounds: real test clips "
                 f"{_f(g['fvd_floor'])}, VQVAE reconstructions {_f(g['rfvd_vqvae'])}. Caption accuracy: RF "
                 f"{facts('caption_accuracy_rf')}, DDPM {facts('caption_accuracy_ddpm')}; real clips "
-                f"{_f(g['caption_accuracy_real'], 3)}, shuffled captions {_f(g['caption_accuracy_chance'], 3)}, VQVAE "
+                f"{_f(g['caption_accuracy_real'], 3)}{real_travel}, shuffled captions {_f(g['caption_accuracy_chance'], 3)}, VQVAE "
                 f"reconstructions {facts('caption_accuracy_recon')}, untrained {_f(g['caption_accuracy_untrained'], 3)}. "
                 f"{_f(g['sample_seconds_16f_50steps'], 2)} s per 16-frame RF clip; a DiT training step at "
                 f"{_f(g['dit_fraction_of_peak'], 2)} of the fp32 matmul rate; sample stages "

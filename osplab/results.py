@@ -135,7 +135,20 @@ def results_notes(root: str | Path = ".") -> list[str]:
         "reconstructions have them.",
         "Limits: a tiny model trained for minutes on 2 CPU cores on the embedded synthetic dataset; the numbers "
         "rank variants of this kit, they do not say how the method does at scale.",
-    ] + _caption_use_note(g)
+    ] + _motion_note(g) + _caption_use_note(g)
+
+
+def _motion_note(g: dict) -> list[str]:
+    """How far generated and real objects travel (the judge's motion_px), if evaluate_generation measured it."""
+    names = {"rf": "RF", "ddpm": "DDPM", "real": "the real clips behind the captions"}
+    parts = [f"{name} {g[f'caption_accuracy_{v}_motion_px']:.1f} px" for v, name in names.items()
+             if f"caption_accuracy_{v}_motion_px" in g]
+    if not parts:
+        return []
+    return ["Motion (osplab/metrics/judge.py, `motion_px`): how far the named objects travel along their caption's "
+            "axis (median over objects of the 5-95 percentile spread of the centroid); a static object shows its "
+            "jitter, 1-3 px. Direction accuracy near chance with little travel means the objects do not move, "
+            "not that they move the wrong way. " + "; ".join(parts) + "."]
 
 
 def _caption_use_note(g: dict) -> list[str]:

@@ -33,6 +33,9 @@ def test_generation_metrics_are_complete_and_sane(pipeline: Path) -> None:
     # the same real clips with their own captions are read right; with shuffled ones far less often
     assert m["caption_accuracy_real"] >= 0.95
     assert m["caption_accuracy_chance"] < m["caption_accuracy_real"]
+    assert m["caption_accuracy_real_motion_px"] >= 5.0  # real objects travel 1-2 px per frame
+    assert all(m[f"caption_accuracy_{v}_motion_px"] >= 0 or np.isnan(m[f"caption_accuracy_{v}_motion_px"])
+               for v in ("rf", "ddpm", "untrained"))
     assert 0 <= m["caption_accuracy"] <= 1 and m["caption_accuracy"] == m["caption_accuracy_rf"]
     assert 0 < m["dit_fraction_of_peak"] < 1.5 and m[f"sample_seconds_16f_{s.rf_steps}steps"] > 0
     for name, detail in m["fvd_detail"].items():  # every FVD carries its protocol record
@@ -94,6 +97,25 @@ def test_checkpoint_records_what_sampling_checks(pipeline: Path) -> None:
     valid = cache.tokens[cache.mask].double()
     torch.testing.assert_close(dit.text.token_mean, valid.mean(0).float())
     assert (dit.text.token_std > 0).all() and not torch.equal(dit.text.token_std, torch.ones_like(dit.text.token_std))
+
+
+def test_train_dit_refuses_a_broken_text_cache_naming_it(pipeline: Path, tmp_path: Path) -> None:
+    """A text cache with non-finite tokens cannot give standardisation statistics: train_dit's task stops
+    before training and names the cache folder and the stage that rewrites it."""
+    from osplab.models.dit import DiT, DiTConfig
+    from osplab.tasks.dit import build_task
+    from osplab.config import plain
+
+    cfg = _abs(load_params(pipeline / "params.yaml"), pipeline)
+    cfg.vqvae.latents = str(pipeline / cfg.vqvae.latents)
+    broken = tmp_path / "text"
+    shutil.copytree(pipeline / load_params(pipeline / "params.yaml").text.cache, broken)
+    tensors = safetensors.torch.load_file(str(broken / "train.safetensors"))
+    tensors["tokens"][0, 0, 0] = float("nan")
+    safetensors.torch.save_file(tensors, str(broken / "train.safetensors"))
+    cfg.text.cache = str(broken)
+    with pytest.raises(ValueError, match=rf"text cache {broken}.*not finite.*dvc repro embed_text"):
+        build_task(DiT(DiTConfig.from_dict(plain(cfg.dit))), "rf", cfg)
 
 
 def test_sampling_refuses_a_dit_of_another_vqvae_or_text_encoder(pipeline: Path, tmp_path: Path) -> None:

@@ -180,3 +180,19 @@ def test_cli_judges_vqvae_reconstructions(tmp_path, synth_cfg, smoke_cfg):
     assert own["clips_from"] == "store" and recon["clips_from"] == "vqvae reconstructions"
     assert recon["vqvae_sha256"] == sha256_file(ckpt) and recon["clips"] == 6
     assert recon["caption_accuracy"] < own["caption_accuracy"] - 0.5
+
+
+def test_motion_px_tells_a_static_object_from_a_moving_one(clips):
+    # the generator's objects travel 1-2 px per frame; the same clips frozen at their first frame do not move
+    moving = J.caption_accuracy(J.judge_clips([c.frames for c in clips], [c.caption for c in clips]))
+    frozen = J.caption_accuracy(J.judge_clips([np.repeat(c.frames[:1], len(c.frames), axis=0) for c in clips],
+                                              [c.caption for c in clips]))
+    assert moving["motion_px"] >= 8.0 and frozen["motion_px"] <= 0.5, (moving["motion_px"], frozen["motion_px"])
+    assert frozen["direction_accuracy"] == 0.0 and frozen["colour_accuracy"] >= 0.95
+    # one object at 1.5 px/frame for 16 frames: the 5-95 percentile spread of its track is 0.9 x 15 x 1.5 px
+    clip = scene([{"shape": "square", "colour": "green", "size": "small", "start": (20, 10), "step": (0, 1.5)}])
+    fact = J.judge_clip(clip, "a small green square moves right quickly").facts[-1]
+    assert fact["kind"] == "direction" and fact["travel_px"] == pytest.approx(0.9 * 15 * 1.5, abs=1.0)
+    absent = J.judge_clip(clip, "a small blue square moves right quickly").facts[-1]
+    assert absent["travel_px"] is None
+    assert np.isnan(J.caption_accuracy([J.judge_clip(clip, "a small blue square moves right quickly")])["motion_px"])

@@ -227,7 +227,11 @@ def build_task(model: DiT, objective: str, cfg) -> Task:
     train = TextLatents(cfg.vqvae.latents, cfg.text.cache, "train", max_channel_std=None if cap is None else float(cap))
     val = TextLatents(cfg.vqvae.latents, cfg.text.cache, "val", norm=train.norm)
     if model.cfg.text_standardise:  # fixed buffers of the model: the checkpoint carries them to sampling
-        model.text.fit_standardisation(train.tokens, train.mask)
+        try:
+            model.text.fit_standardisation(train.tokens, train.mask)
+        except ValueError as err:  # name the cache: the fix is to re-run the stage that writes it
+            raise ValueError(f"text cache {cfg.text.cache}: {err}; re-run `dvc repro embed_text` "
+                             "(or set dit.text_standardise=false)") from err
     shapes = train.shapes()
     common = max(set(shapes), key=shapes.count)
     grid = [float(t) for t in cfg.diffusion.val.t_grid]
