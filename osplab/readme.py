@@ -123,7 +123,7 @@ def generation_row(root: Path) -> str:
     def travel(prefix: str) -> str:
         """How far the named objects move along their caption's axis (the judge's motion_px), if measured."""
         key = prefix + "_motion_px"
-        return f"travel {_f(g[key], 1)} px" if key in g else ""
+        return f"travel {_f(g[key], 1)} px" if g.get(key) is not None else ""
 
     def facts(prefix: str) -> str:
         moved = f", {travel(prefix)}" if travel(prefix) else ""

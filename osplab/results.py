@@ -142,7 +142,7 @@ def _motion_note(g: dict) -> list[str]:
     """How far generated and real objects travel (the judge's motion_px), if evaluate_generation measured it."""
     names = {"rf": "RF", "ddpm": "DDPM", "real": "the real clips behind the captions"}
     parts = [f"{name} {g[f'caption_accuracy_{v}_motion_px']:.1f} px" for v, name in names.items()
-             if f"caption_accuracy_{v}_motion_px" in g]
+             if g.get(f"caption_accuracy_{v}_motion_px") is not None]
     if not parts:
         return []
     return ["Motion (osplab/metrics/judge.py, `motion_px`): how far the named objects travel along their caption's "

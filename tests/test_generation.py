@@ -34,8 +34,8 @@ def test_generation_metrics_are_complete_and_sane(pipeline: Path) -> None:
     assert m["caption_accuracy_real"] >= 0.95
     assert m["caption_accuracy_chance"] < m["caption_accuracy_real"]
     assert m["caption_accuracy_real_motion_px"] >= 5.0  # real objects travel 1-2 px per frame
-    assert all(m[f"caption_accuracy_{v}_motion_px"] >= 0 or np.isnan(m[f"caption_accuracy_{v}_motion_px"])
-               for v in ("rf", "ddpm", "untrained"))
+    for v in ("rf", "ddpm", "untrained"):  # None when the judge found none of the named objects
+        assert m[f"caption_accuracy_{v}_motion_px"] is None or m[f"caption_accuracy_{v}_motion_px"] >= 0
     assert 0 <= m["caption_accuracy"] <= 1 and m["caption_accuracy"] == m["caption_accuracy_rf"]
     assert 0 < m["dit_fraction_of_peak"] < 1.5 and m[f"sample_seconds_16f_{s.rf_steps}steps"] > 0
     for name, detail in m["fvd_detail"].items():  # every FVD carries its protocol record

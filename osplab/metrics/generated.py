@@ -29,9 +29,10 @@ def fvd_entry(feats_real, clips: list[np.ndarray], ecfg: dict, i3d, desc: str, p
 
 def judged(clips: list[np.ndarray], captions: list[str], key: str) -> tuple[dict, list[str]]:
     """{key: caption accuracy, key_colour / key_shape / key_direction: per fact kind, key_motion_px: how far
-    the named objects travel along their caption's axis (px)}, verdict lines."""
+    the named objects travel along their caption's axis (px; None if none was found)}, verdict lines."""
     verdicts = judge_clips(clips, captions)
     summary = caption_accuracy(verdicts)
-    scores = {key: summary["caption_accuracy"], f"{key}_motion_px": summary["motion_px"]}
+    motion = summary["motion_px"]  # NaN when no named object was found: None keeps the metrics file strict JSON
+    scores = {key: summary["caption_accuracy"], f"{key}_motion_px": None if np.isnan(motion) else motion}
     scores.update({f"{key}_{kind}": summary[f"{kind}_accuracy"] for kind in ("colour", "shape", "direction")})
     return scores, [v.text for v in verdicts]
