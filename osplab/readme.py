@@ -126,11 +126,13 @@ def generation_row(root: Path) -> str:
         return f"travel {_f(g[key], 1)} px" if g.get(key) is not None else ""
 
     def facts(prefix: str) -> str:
-        moved = f", {travel(prefix)}" if travel(prefix) else ""
+        moved = travel(prefix)
+        moved = f", {moved}" if moved else ""
         return (f"{_f(g[prefix], 3)} (colour {_f(g[prefix + '_colour'], 2)}, shape {_f(g[prefix + '_shape'], 2)}, "
                 f"direction {_f(g[prefix + '_direction'], 2)}{moved})")
 
-    real_travel = f" ({travel('caption_accuracy_real')})" if travel("caption_accuracy_real") else ""
+    real_travel = travel("caption_accuracy_real")
+    real_travel = f" ({real_travel})" if real_travel else ""
     return _row("`sample@*`, `evaluate_generation`", "`metrics/generation.json`, `reports/samples.png`, `metrics/sample_rf.json`, "
                 "`metrics/sample_ddpm.json`, `metrics/sample_untrained.json`",
                 f"{g['clips']} samples each, FVD [bootstrap interval]: RF 50 Euler steps {fvd('fvd_rf50')}, DDPM 1000 steps "
