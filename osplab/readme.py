@@ -131,6 +131,11 @@ def generation_row(root: Path) -> str:
         return (f"{_f(g[prefix], 3)} (colour {_f(g[prefix + '_colour'], 2)}, shape {_f(g[prefix + '_shape'], 2)}, "
                 f"direction {_f(g[prefix + '_direction'], 2)}{moved})")
 
+    unquantized = ""  # evaluate_generation's decoder diagnostic, if the metrics have it
+    if "fvd_unquantized" in d:
+        unquantized = (f", PSNR {_f(g['psnr_recon'], 1)} dB, FVD {fvd('fvd_recon')} on these windows; with the "
+                       f"quantizer skipped {facts('caption_accuracy_unquantized')}, PSNR {_f(g['psnr_unquantized'], 1)} "
+                       f"dB, FVD {fvd('fvd_unquantized')};")
     real_travel = travel("caption_accuracy_real")
     real_travel = f" ({real_travel})" if real_travel else ""
     return _row("`sample@*`, `evaluate_generation`", "`metrics/generation.json`, `reports/samples.png`, `metrics/sample_rf.json`, "
@@ -140,7 +145,8 @@ def generation_row(root: Path) -> str:
                 f"{_f(g['fvd_floor'])}, VQVAE reconstructions {_f(g['rfvd_vqvae'])}. Caption accuracy: RF "
                 f"{facts('caption_accuracy_rf')}, DDPM {facts('caption_accuracy_ddpm')}; real clips "
                 f"{_f(g['caption_accuracy_real'], 3)}{real_travel}, shuffled captions {_f(g['caption_accuracy_chance'], 3)}, VQVAE "
-                f"reconstructions {facts('caption_accuracy_recon')}, untrained {_f(g['caption_accuracy_untrained'], 3)}. "
+                f"reconstructions {facts('caption_accuracy_recon')}" + unquantized
+                + f"{'' if unquantized else ','} untrained {_f(g['caption_accuracy_untrained'], 3)}. "
                 f"{_f(g['sample_seconds_16f_50steps'], 2)} s per 16-frame RF clip; a DiT training step at "
                 f"{_f(g['dit_fraction_of_peak'], 2)} of the fp32 matmul rate; sample stages "
                 + ", ".join(f"{v} {_f(s)} s" for v, s in seconds.items()))

@@ -56,3 +56,27 @@ def test_cli_bad_input_names_the_problem(tmp_path):
     with pytest.raises(SystemExit):
         main(["--clips", "0", "--checkpoint", str(tmp_path / "missing.safetensors")])
     assert not list(tmp_path.iterdir())          # nothing written
+
+
+def test_decode_twice_skips_only_the_quantizer(model):
+    from osplab.bench.quantization import decode_twice
+    from osplab.models.vqvae import tensor_to_video
+
+    video = clip_with_one_object_block()
+    with torch.no_grad():  # two codes for every latent: the codes lose almost everything
+        model.quantizer.codebook[:] = 0.0
+        model.quantizer.codebook[1] = 1.0
+    both, z = decode_twice(model, video)
+    assert both["codes"].dtype == np.uint8 and both["codes"].shape == both["continuous"].shape == video.shape
+    assert (both["codes"] != both["continuous"]).any()
+    with torch.no_grad():  # continuous: the decoder on the encoder's output; codes: on their lookup
+        np.testing.assert_array_equal(both["continuous"], tensor_to_video(model.decoder(model.encoder(video_to_tensor(video))))[0].numpy())
+        np.testing.assert_array_equal(both["codes"], tensor_to_video(model.decode_indices(z["indices"]))[0].numpy())
+
+
+def test_mean_psnr_is_per_clip_and_takes_clips_of_different_shapes():
+    from osplab.stages.evaluate_generation import mean_psnr
+
+    a, b = np.full((4, 8, 8, 3), 100, np.uint8), np.full((4, 16, 8, 3), 100, np.uint8)
+    expected = (10 * np.log10(255.0**2 / 1) + 10 * np.log10(255.0**2 / 100)) / 2  # MSE 1 and 100
+    assert mean_psnr([a + 1, b + 10], [a, b]) == pytest.approx(expected, abs=1e-9)

@@ -38,6 +38,10 @@ def test_generation_metrics_are_complete_and_sane(pipeline: Path) -> None:
     for v in ("rf", "ddpm", "untrained"):  # None when the judge found none of the named objects
         assert m[f"caption_accuracy_{v}_motion_px"] is None or m[f"caption_accuracy_{v}_motion_px"] >= 0
     assert 0 <= m["caption_accuracy"] <= 1 and m["caption_accuracy"] == m["caption_accuracy_rf"]
+    # the decoder diagnostic: the real windows from their codes and with the quantizer skipped
+    for name in ("recon", "unquantized"):
+        assert 0 <= m[f"caption_accuracy_{name}"] <= 1 and 0 < m[f"psnr_{name}"] < 100, name
+        assert np.isfinite(m[f"fvd_{name}"]) and m[f"fvd_{name}"] == m["fvd_detail"][f"fvd_{name}"]["fvd"], name
     assert 0 < m["dit_fraction_of_peak"] < 1.5 and m[f"sample_seconds_16f_{s.rf_steps}steps"] > 0
     for name, detail in m["fvd_detail"].items():  # every FVD carries its protocol record
         assert detail["protocol"]["frames"] == cfg.eval.frames and detail["clips"] == m["clips"], name

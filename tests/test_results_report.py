@@ -78,3 +78,18 @@ def test_caption_use_note_carries_the_probe_numbers(root):
     path.write_text(json.dumps(g))
     note = next(n for n in results.results_notes(root) if n.startswith("Caption use"))
     assert "RF: colour +20.0%, shape +1.0%, direction +0.0%, no caption +5.0%" in note and "DDPM" not in note
+
+
+def test_the_quantizer_row_and_note_come_from_the_diagnostic(root):
+    path = root / "metrics/generation.json"
+    g = json.loads(path.read_text())
+    free = _row(results.results_rows(root), "VQVAE, quantizer skipped")
+    assert (free.fvd, free.psnr_db, free.shape) == (g["fvd_unquantized"], g["psnr_unquantized"],
+                                                     g["caption_accuracy_unquantized_shape"])
+    note = next(n for n in results.results_notes(root) if n.startswith("Where the VQVAE loses detail"))
+    assert f"PSNR {g['psnr_recon']:.1f} dB" in note and f"PSNR {g['psnr_unquantized']:.1f} dB" in note
+    for k in ("fvd_recon", "fvd_unquantized"):  # metrics of an older evaluate_generation: no row, no note
+        del g["fvd_detail"][k]
+    path.write_text(json.dumps(g))
+    assert "VQVAE, quantizer skipped" not in [r.model for r in results.results_rows(root)]
+    assert not any(n.startswith("Where the VQVAE loses detail") for n in results.results_notes(root))

@@ -34,6 +34,24 @@ OBJECT_STD = 0.15
 
 
 @torch.no_grad()
+def decode_twice(model: VQVAE, video) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    """One uint8 clip (T, H, W, 3) encoded once and decoded twice by `model` (eval mode).
+
+    Returns ({"codes": decoded from its codes, "continuous": decoded from the unquantized encoder
+    outputs}, both uint8 (T, H, W, 3)), and the tensors on the way: x (1, 3, T, H, W) in [-1, 1], z_e and
+    z_q (1, D, T', H', W'), indices (1, T', H', W'). With an l2-normalised codebook the continuous latents
+    are projected onto the sphere first, where the codes live.
+    """
+    x = video_to_tensor(video)
+    z_e = model.encoder(x)
+    if model.quantizer.l2_normalize:
+        z_e = F.normalize(z_e, dim=1)
+    z_q, indices, _ = model.quantizer(z_e)
+    clips = {name: tensor_to_video(model.decoder(z))[0].numpy() for name, z in (("codes", z_q), ("continuous", z_e))}
+    return clips, {"x": x, "z_e": z_e, "z_q": z_q, "indices": indices}
+
+
+@torch.no_grad()
 def compare(model: VQVAE, clips, captions: list[str], progress: bool = False) -> dict:
     """clips: uint8 videos (T, H, W, 3); captions: one per clip. Returns the summary described above
     (keys codes_* and continuous_* for the two decodes, object_* and background_* for the split)."""
@@ -44,17 +62,12 @@ def compare(model: VQVAE, clips, captions: list[str], progress: bool = False) ->
     gain = {"codes": [], "continuous": []}
     err, is_object, used = [], [], []
     for video in tqdm(clips, desc="encode/decode", unit="clip", disable=not progress):
-        x = video_to_tensor(video)
-        z_e = model.encoder(x)
-        if model.quantizer.l2_normalize:   # codes live on the unit sphere: compare and decode the projected latents
-            z_e = F.normalize(z_e, dim=1)
-        z_q, indices, _ = model.quantizer(z_e)
-        blocks = patch_rows(x, model.cfg.downsample)                              # (cells, 3 ft fh fw)
+        both, z = decode_twice(model, video)                                      # uint8, as the stages score
+        blocks = patch_rows(z["x"], model.cfg.downsample)                         # (cells, 3 ft fh fw)
         is_object.append(blocks.view(len(blocks), 3, -1).std(-1).amax(-1) > OBJECT_STD)
-        err.append((z_e - z_q).pow(2).sum(1).flatten())                           # same (t h w) order
-        used.append(indices.flatten())
-        for name, z in (("codes", z_q), ("continuous", z_e)):
-            v = tensor_to_video(model.decoder(z))[0].numpy()                     # uint8, as the stages score
+        err.append((z["z_e"] - z["z_q"]).pow(2).sum(1).flatten())                 # same (t h w) order
+        used.append(z["indices"].flatten())
+        for name, v in both.items():
             gain[name].append(psnr(v[None], np.asarray(video)[None], data_range=255.0))
             decoded[name].append(v)
     err, is_object, used = torch.cat(err), torch.cat(is_object), torch.cat(used)

@@ -12,7 +12,12 @@ rFVD), the checkpoints. Writes metrics/generation.json:
   (metrics/eval.json, 128 clips). Floor and rFVD bound what a generator decoded by this VQVAE reaches.
 - `caption_accuracy` (rf samples; `caption_accuracy_<variant>` for each), `caption_accuracy_real`
   (the same real clips' FVD windows with their own captions), `caption_accuracy_chance` (shuffled
-  captions), `caption_accuracy_recon` (VQVAE reconstructions of those windows: the ceiling).
+  captions), `caption_accuracy_recon` (VQVAE reconstructions of those windows: the ceiling),
+  `caption_accuracy_unquantized` (the same windows decoded from the encoder's latents with the
+  quantizer skipped).
+- Where the VQVAE loses detail, on those windows: `fvd_recon`, `psnr_recon` (decoded from their codes, as
+  every generated clip is) and `fvd_unquantized`, `psnr_unquantized` (the quantizer skipped). The gap
+  is what the 8192-code bottleneck costs; what is left under the unquantized numbers is the decoder's.
 - `sample_seconds_16f_<steps>steps`: one 16-frame clip from a caption, decode included (median).
 - `dit_fraction_of_peak`: a DiT training step (fp32) / the fp32 matmul rate, timed interleaved.
 - `caption_use_<rf|ddpm>_<colour|shape|direction|null>`: how much the DiT's loss on val latents
@@ -33,12 +38,14 @@ import torch
 from omegaconf import OmegaConf
 
 from osplab.bench.dit import dit_step_fraction
+from osplab.bench.quantization import decode_twice
 from osplab.bench.timing import Timing
 from osplab.config import load_params
 from osplab.data.clips import ClipDataset
 from osplab.io import atomic_write_json
 from osplab.metrics.generated import fvd_entry, judged
 from osplab.metrics.sanity import fvd_window, usable_clips
+from osplab.metrics.video import psnr
 from osplab.stages.evaluate import real_side
 from osplab.stages.sample import VARIANTS, load_variant
 from osplab.viz import samples_figure, save_figure
@@ -55,11 +62,16 @@ def one_clip_seconds(gen, caption: str, steps: int, cfg_scale: float, repeats: i
     return float(np.median(times[1:]))  # the first call warms up
 
 
-def judge_real(cfg, ecfg: dict, ids: list[str], captions: list[str], chance_seed: int) -> tuple[dict, list, list]:
+def mean_psnr(fake: list[np.ndarray], real: list[np.ndarray]) -> float:
+    """Mean over clips of the per-clip PSNR (dB, uint8 range); clips may differ in shape."""
+    return float(np.mean([float(psnr(f[None], r[None], 255.0)[0]) for f, r in zip(fake, real, strict=True)]))
+
+
+def judge_real(cfg, ecfg: dict, ids: list[str], captions: list[str], chance_seed: int) -> tuple[dict, list, list, dict]:
     """The judge on the generated clips' real counterparts (their FVD windows): with their own captions
-    (the judge's ceiling), with shuffled captions (chance) and through the VQVAE (the decoder's ceiling).
-    Returns (scores, real windows, verdict lines of the real clips)."""
-    from osplab.models.vqvae import tensor_to_video, video_to_tensor
+    (the judge's ceiling), with shuffled captions (chance) and through the VQVAE (the decoder's ceiling),
+    also with its quantizer skipped (osplab.bench.quantization.decode_twice).
+    Returns (scores with PSNRs, real windows, verdict lines of the real clips, {recon, unquantized} clips)."""
     from osplab.stages.encode import load_vqvae
 
     val = ClipDataset(cfg.data.root, cfg.eval.real_split)
@@ -69,10 +81,12 @@ def judge_real(cfg, ecfg: dict, ids: list[str], captions: list[str], chance_seed
     shuffled = [captions[j] for j in np.random.default_rng(chance_seed).permutation(len(captions))]
     out.update(judged(real, shuffled, "caption_accuracy_chance")[0])
     vqvae = load_vqvae(cfg.vqvae.checkpoint)
-    with torch.no_grad():
-        recon = [tensor_to_video(vqvae.decode(vqvae.encode(video_to_tensor(w))[0]))[0].numpy() for w in real]
-    out.update(judged(recon, captions, "caption_accuracy_recon")[0])
-    return out, real, lines
+    both = [decode_twice(vqvae, w)[0] for w in real]
+    decoded = {"recon": [b["codes"] for b in both], "unquantized": [b["continuous"] for b in both]}
+    for name, clips in decoded.items():
+        out.update(judged(clips, captions, f"caption_accuracy_{name}")[0])
+        out[f"psnr_{name}"] = mean_psnr(clips, real)
+    return out, real, lines, decoded
 
 
 def speed(cfg, gen, captions: list[str]) -> dict:
@@ -137,9 +151,11 @@ def main(argv: list[str] | None = None) -> dict:
         scores, verdicts[v] = judged(clips[v], samples[v].captions(), f"caption_accuracy_{v}")
         out.update(scores)
     out["caption_accuracy"] = out["caption_accuracy_rf"]
-    scores, real, verdicts["real"] = judge_real(cfg, ecfg, [r["id"] for r in samples["rf"].rows], captions,
-                                                int(cfg.diffusion.evaluate.chance_seed))
+    scores, real, verdicts["real"], decoded = judge_real(cfg, ecfg, [r["id"] for r in samples["rf"].rows], captions,
+                                                         int(cfg.diffusion.evaluate.chance_seed))
     out.update(scores)
+    for name, windows in decoded.items():
+        detail[f"fvd_{name}"] = fvd_entry(feats_real, windows, ecfg, i3d, f"I3D {name}", progress)
     test = ClipDataset(cfg.data.root, "test")
     t_idx, _ = usable_clips(test, ecfg["frames"], ecfg["stride"], len(captions), ecfg["seed"])
     detail["fvd_floor"] = fvd_entry(feats_real, [test[i]["video"] for i in t_idx], ecfg, i3d, "I3D test", progress)
