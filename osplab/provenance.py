@@ -35,5 +35,9 @@ def package_versions() -> dict[str, str]:
 
 
 def run_record() -> dict:
+    """Commit, versions and machine; `cpu_native_bf16` says whether `precision: bf16` really ran in bf16 on
+    the CPU (osplab.train.loop.autocast_dtype falls back to fp32 on CPUs without native bf16)."""
+    from osplab.hardware import describe_cpu
+
     return {"git_commit": git_commit(), "packages": package_versions(), "python": platform.python_version(),
-            "machine": platform.machine()}
+            "machine": platform.machine(), **describe_cpu()}

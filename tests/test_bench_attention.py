@@ -136,7 +136,10 @@ def test_target_rows_pass_and_fail():
                    "block_stack_fraction_of_peak": None}
 
 
-def test_smoke_run_writes_report_plot_and_metrics(tmp_path):
+def test_smoke_run_writes_report_plot_and_metrics(tmp_path, monkeypatch):
+    import osplab.hardware as hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)  # the same run on every machine
     res = run_benchmark(TINY, progress=False)
     paths = [tmp_path / "attention.md", tmp_path / "attention.png", tmp_path / "metrics" / "attention.json"]
     write_outputs(res, *paths)
@@ -152,3 +155,21 @@ def test_smoke_run_writes_report_plot_and_metrics(tmp_path):
     assert "### Targets" in report and "GLIBC_TUNABLES" in report
     assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_bf16_is_not_timed_where_it_is_emulated(tmp_path, monkeypatch):
+    """On a CPU without native bf16 (AVX2) the run times fp32 only and the report says why."""
+    import osplab.hardware as hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    res = run_benchmark(TINY, progress=False)
+    paths = [tmp_path / "attention.md", tmp_path / "attention.png", tmp_path / "attention.json"]
+    write_outputs(res, *paths)
+    metrics = json.loads(paths[2].read_text())
+    assert "matmul_peak_gflops_bf16" not in metrics and math.isfinite(metrics["block_stack_fraction_of_peak"])
+    assert [r["dtype"] for r in res["block_stack"]] == ["fp32"]
+    assert "bf16_fwd_bwd" not in res["dense"][0]["ms"] and set(res["dense"][0]["peak_gflops"]) == {"fp32"}
+    assert res["conditions"]["bf16"]["measured"] is False and set(res["peak_runs"]) == {"peak_fp32"}
+    report = paths[0].read_text()
+    assert "bf16 not measured: this CPU" in report and "| - | - | - |" in report
+    assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

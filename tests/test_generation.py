@@ -197,13 +197,17 @@ def test_train_dit_rerun_resumes_and_a_changed_setting_starts_afresh(pipeline: P
     assert "holds a run of other inputs" in proc.stderr and "resumed from" not in proc.stderr
 
 
-def test_sampling_precision_wraps_the_dit_only() -> None:
+def test_sampling_precision_wraps_the_dit_only(monkeypatch) -> None:
+    """bf16 on a CPU with native bf16 (forced, so the test means the same on every machine)."""
     import torch
 
+    import osplab.hardware as hardware
+    import osplab.train.loop as loop
     from osplab.generate import with_precision
     from osplab.models.dit import DiT
     from osplab.models.testing import inputs, randomize_, small_cfg
 
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     model = randomize_(DiT(small_cfg()))
     x, t, text, mask = inputs(2, (2, 4, 4))
     assert with_precision(model, "fp32", x.device) is model  # plain fp32: untouched
@@ -214,3 +218,8 @@ def test_sampling_precision_wraps_the_dit_only() -> None:
     assert 0 < rel < 3e-2, rel  # bf16 matmuls: close, not identical
     with pytest.raises(ValueError, match="diffusion.sample.precision"):
         with_precision(model, "fp16", x.device)
+    # without native bf16 the sampler runs the DiT in fp32 (emulated bf16 is 40-80x slower) and says so
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(loop, "_warned_emulated", set())
+    with pytest.warns(RuntimeWarning, match="diffusion.sample.precision=bf16, but this CPU"):
+        assert with_precision(model, "bf16", x.device) is model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from osplab.provenance import git_commit, package_versions
+from osplab.provenance import git_commit, package_versions, run_record
 from osplab.train.provenance import claim_run_dir, fingerprint
 
 
@@ -44,3 +44,6 @@ def test_run_record_names_commit_and_versions() -> None:
     import torch
 
     assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"].startswith(torch.__version__[:4])
+    record = run_record()
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(record["cpu_native_bf16"], bool)

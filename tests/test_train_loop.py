@@ -3,8 +3,10 @@ gradient checkpointing, precision and launcher parsing."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +142,10 @@ def test_gradient_checkpointing_is_exact(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_bf16_autocast_on_cpu_when_asked(tmp_path: Path, monkeypatch) -> None:
+    """On a CPU with native bf16 (forced here, so the test means the same on every machine)."""
+    import osplab.hardware as hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
@@ -148,6 +154,45 @@ def test_bf16_autocast_on_cpu_when_asked(tmp_path: Path, monkeypatch) -> None:
     assert math.isfinite(out16["train/loss"])
     assert out16["train/loss"] != out32["train/loss"]  # autocast really changed the numerics
     assert out16["train/loss"] == pytest.approx(out32["train/loss"], rel=0.05)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_runs_fp32_and_says_so(tmp_path: Path, monkeypatch) -> None:
+    """Emulated bf16 is 40-80x slower than fp32 (AVX2): the loop runs fp32, warns once, and trains like fp32."""
+    import osplab.hardware as hardware
+    import osplab.train.loop as loop
+
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(loop, "_warned_emulated", set())
+    cpu = torch.device("cpu")
+    with pytest.warns(RuntimeWarning, match=r"train.precision=bf16, but this CPU .* has no native bf16"):
+        assert autocast_dtype("bf16", cpu) is None
+    assert autocast_dtype("auto", cpu) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per setting: no second warning
+        assert autocast_dtype("bf16", cpu) is None
+    with pytest.warns(RuntimeWarning, match="diffusion.sample.precision=bf16"):  # another setting warns on its own
+        autocast_dtype("bf16", cpu, "diffusion.sample.precision")
+    out32, _ = _train(tmp_path, "fp32", monkeypatch, steps=3)
+    out16, _ = _train(tmp_path, "bf16", monkeypatch, steps=3, precision="bf16")
+    assert out16["train/loss"] == out32["train/loss"]  # the same fp32 numerics
+
+
+def test_resuming_in_another_precision_warns(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A bf16 run resumed on a CPU without native bf16 continues in fp32, and the log says so."""
+    import logging
+
+    import osplab.hardware as hardware
+    import osplab.train.loop as loop
+
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    _train(tmp_path, "run", monkeypatch, steps=4, precision="bf16")  # one checkpoint, at step 4
+    state = json.loads(next((tmp_path / "run" / "checkpoints").glob("*/state.json")).read_text())
+    assert state["autocast"] == "bf16"
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(loop, "_warned_emulated", {"train.precision"})
+    with caplog.at_level(logging.WARNING, logger="osplab.train.loop"):
+        _train(tmp_path, "run", monkeypatch, steps=6, precision="bf16")
+    assert "was trained in bf16, this machine runs fp32" in caplog.text
 
 
 def test_logged_metrics_and_throughput(tmp_path: Path, monkeypatch) -> None:

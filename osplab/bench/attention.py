@@ -83,10 +83,12 @@ def dit_block(width: int, heads: int, mlp_ratio: float, backend: str, seed: int 
     return block
 
 
-def bench_dense_shape(batch, width, frames, tokens, head_dim, mlp_ratio, matmul_n, timing: Timing) -> dict:
+def bench_dense_shape(batch, width, frames, tokens, head_dim, mlp_ratio, matmul_n, timing: Timing,
+                      bf16: bool = True) -> dict:
     """Full (3-D) attention at one shape.
 
-    Attention op: SDPA forward and forward+backward (fp32 and bf16) on (B, H, T, S, D) inputs.
+    Attention op: SDPA forward and forward+backward (fp32, and bf16 if `bf16`: where it is native,
+    `osplab.hardware.native_bf16`) on (B, H, T, S, D) inputs.
     Compiled vs SDPA: one DiTBlock (adaLN, attention, MLP) fwd+bwd, run eagerly with the sdpa
     backend vs the same block under torch.compile (SDPA stays an extern kernel in the graph;
     inductor fuses the norms, modulation, GELU and residuals around it). A second eager block
@@ -95,7 +97,7 @@ def bench_dense_shape(batch, width, frames, tokens, head_dim, mlp_ratio, matmul_
     """
     heads = width // head_dim
     q, k, v = random_qkv(batch, heads, frames, tokens, head_dim)
-    qb, kb, vb = random_qkv(batch, heads, frames, tokens, head_dim, torch.bfloat16)
+    dtypes = ("fp32", "bf16") if bf16 else ("fp32",)
     attn = lambda a, b, c: (lambda: attention(a, b, c, "full", "sdpa"))  # noqa: E731
     blocks = {name: dit_block(width, heads, mlp_ratio, "sdpa") for name in ("eager", "eager_again", "compiled")}
     x, c = torch.randn(batch, frames, tokens, width, requires_grad=True), torch.randn(batch, width)
@@ -109,16 +111,19 @@ def bench_dense_shape(batch, width, frames, tokens, head_dim, mlp_ratio, matmul_
     fns = {
         "sdpa_fwd": no_grad(attn(q, k, v)),
         "sdpa_fwd_bwd": fwd_bwd(attn(q, k, v), [q, k, v], torch.randn_like(q)),
-        "bf16_fwd_bwd": fwd_bwd(attn(qb, kb, vb), [qb, kb, vb], torch.randn_like(qb)),
         **{f"block_{name}_fwd_bwd": fn for name, fn in step.items()},
     }
-    mm, mm_flops = matmul_fns(matmul_n, 1)
+    if bf16:
+        qb, kb, vb = random_qkv(batch, heads, frames, tokens, head_dim, torch.bfloat16)
+        fns["bf16_fwd_bwd"] = fwd_bwd(attn(qb, kb, vb), [qb, kb, vb], torch.randn_like(qb))
+    mm, mm_flops = matmul_fns(matmul_n, 1, dtypes)
     times = time_interleaved(fns | mm, timing)
     row = {"frames": frames, "tokens_per_frame": tokens, "head_dim": head_dim, "heads": heads, "batch": batch}
     row["attn_fwd_flops"] = attention_flops(batch, width, kept_pairs("full", frames, tokens, None))
     row["ms"] = {name: 1e3 * median(ts) for name, ts in times.items()}
-    row["peak_gflops"] = {dt: mm_flops / median(times[f"mm_{dt}"]) / 1e9 for dt in ("fp32", "bf16")}
+    row["peak_gflops"] = {dt: mm_flops / median(times[f"mm_{dt}"]) / 1e9 for dt in dtypes}
     f, mult = row["attn_fwd_flops"], {"sdpa_fwd": 1, "sdpa_fwd_bwd": 3, "bf16_fwd_bwd": 3}  # fwd+bwd = 3 x fwd
+    mult = {n: m for n, m in mult.items() if n in fns}
     mm_of = {"sdpa_fwd": "mm_fp32", "sdpa_fwd_bwd": "mm_fp32", "bf16_fwd_bwd": "mm_bf16"}
     row["gflops"] = {n: mult[n] * f / median(times[n]) / 1e9 for n in mult}
     row["frac_peak"] = {n: fraction_of_peak(mult[n] * f, times[n], mm_flops, times[mm_of[n]]) for n in mult}
@@ -157,18 +162,19 @@ def bench_sparse(batch, width, frames, tokens, head_dim, k, timing: Timing, flex
     return row
 
 
-def bench_block_stack(cfg: dict, matmul_n: int, timing: Timing) -> list[dict]:
+def bench_block_stack(cfg: dict, matmul_n: int, timing: Timing, bf16_native: bool = True) -> list[dict]:
     """Training step (zero_grad, fwd, bwd, AdamW step) of a DiT-shaped stack of adaLN blocks with
     full attention, for each variant in cfg["variants"], timed interleaved:
       sdpa             eager blocks, attention backend sdpa
       compiled         eager blocks, attention backend compiled (each attention op compiled)
       compiled_blocks  each DiTBlock under torch.compile (SDPA inside as an extern kernel)
-    plus, if cfg["bf16"], the first variant under bf16 autocast. FLOPs counted: 3 x forward matmuls
+    plus, if cfg["bf16"] and `bf16_native`, the first variant under bf16 autocast. FLOPs counted: 3 x forward matmuls
     (the optimizer's elementwise work is not counted, so the fractions are conservative); fractions
     are against 4 fp32/bf16 matmuls timed in the same rounds."""
     width, T, S, B = cfg["width"], cfg["frames"], cfg["tokens_per_frame"], cfg["batch"]
     x, c, grad = torch.randn(B, T, S, width), torch.randn(B, width), torch.randn(B, T, S, width)
-    runs = [(v, False) for v in cfg["variants"]] + ([(cfg["variants"][0], True)] if cfg["bf16"] else [])
+    bf16 = bool(cfg["bf16"]) and bf16_native
+    runs = [(v, False) for v in cfg["variants"]] + ([(cfg["variants"][0], True)] if bf16 else [])
     torch._dynamo.reset()
     steps, first = {}, {}
     for variant, bf16 in runs:
@@ -183,7 +189,7 @@ def bench_block_stack(cfg: dict, matmul_n: int, timing: Timing) -> list[dict]:
         name = f"{variant}{' bf16' if bf16 else ''}"
         steps[name] = train_step(stack, x, c, grad, bf16)
         first[name] = time_first_call(steps[name])
-    mm, mm_flops = matmul_fns(matmul_n, 4)
+    mm, mm_flops = matmul_fns(matmul_n, 4, ("fp32", "bf16") if bf16 else ("fp32",))
     times = time_interleaved(steps | mm, timing)
     flops = 3 * block_stack_flops(cfg["depth"], width, cfg["mlp_ratio"], T, S, B)
     base = next(iter(steps))
@@ -215,26 +221,36 @@ def train_step(stack: BlockStack, x, c, grad, bf16: bool) -> Callable[[], None]:
 
 
 def run_benchmark(s: dict, progress: bool = True) -> dict:
-    """Run every measurement of the `attention.bench` settings `s` (a plain dict) in one process."""
+    """Run every measurement of the `attention.bench` settings `s` (a plain dict) in one process.
+
+    bf16 is measured only where it is native (a CUDA GPU with bf16, a CPU with AVX512_BF16 or AMX):
+    elsewhere emulated bf16 is 40-80x slower than fp32 and would take hours; `conditions.bf16` says which."""
     from tqdm.auto import tqdm
+
+    from osplab.hardware import describe_cpu, native_bf16
 
     check_settings(s)
     torch.set_num_threads(s["threads"])
+    device = resolve_device(s["device"])
+    bf16 = native_bf16(device)
+    dtypes = ("fp32", "bf16") if bf16 else ("fp32",)
     sh, sp, bs = s["shapes"], s["sparse"], s["block_stack"]
     t = Timing(s["repeats"], s["warmup"], s["min_seconds"], s["max_repeats"])
     peak = lambda dt: (lambda: matmul_peak(s["matmul_n"], dt, t))  # noqa: E731
-    tasks = [("peak_fp32", peak(torch.float32)), ("peak_bf16", peak(torch.bfloat16))]
+    peaks = [("peak_fp32", peak(torch.float32))] + ([("peak_bf16", peak(torch.bfloat16))] if bf16 else [])
+    tasks = list(peaks)
     n = s["matmul_n"]
     tasks += [("dense", lambda T=T, S=S, D=D: bench_dense_shape(sh["batch"], sh["width"], T, S, D,
-                                                                sh["mlp_ratio"], n, t))
+                                                                sh["mlp_ratio"], n, t, bf16))
               for T in sh["frames"] for S in sh["tokens_per_frame"] for D in sh["head_dims"]]
     tasks += [("sparse", lambda S=S: bench_sparse(sp["batch"], sp["width"], sp["frames"], S, sp["head_dim"],
                                                   sp["k"], t, sp["flex"])) for S in sp["tokens_per_frame"]]
-    tasks.append(("block_stack", lambda: bench_block_stack(bs, n, t)))
-    tasks += [("peak_fp32", peak(torch.float32)), ("peak_bf16", peak(torch.bfloat16))]  # again at the end
-    with torch.device(resolve_device(s["device"])):  # every tensor and module below is created there
+    tasks.append(("block_stack", lambda: bench_block_stack(bs, n, t, bf16)))
+    tasks += peaks  # again at the end
+    with torch.device(device):  # every tensor and module below is created there
         res: dict = {"conditions": conditions(), "settings": s, "dense": [], "sparse": [], "block_stack": []}
-        res["peak_runs"] = {"peak_fp32": [], "peak_bf16": []}
+        res["conditions"]["bf16"] = {"measured": bf16, **describe_cpu()}
+        res["peak_runs"] = {name: [] for name, _ in peaks}
         t0 = time.perf_counter()
         for name, fn in tqdm(tasks, desc="bench_attention", disable=not progress):
             out = fn()
@@ -246,7 +262,7 @@ def run_benchmark(s: dict, progress: bool = True) -> dict:
     res["conditions"]["wall_s"] = time.perf_counter() - t0
     runs = res["peak_runs"]
     res["peak_gflops_alone"] = {dt: {k: max(r[k] for r in runs[f"peak_{dt}"]) for k in ("median", "best")}
-                                for dt in ("fp32", "bf16")}
+                                for dt in dtypes}
     res["summary"] = summarize(res)
     return res
 
@@ -254,7 +270,7 @@ def run_benchmark(s: dict, progress: bool = True) -> dict:
 def summarize(res: dict) -> dict:
     """The flat numbers of metrics/attention.json."""
     alone = res["peak_gflops_alone"]
-    out = {f"matmul_peak_gflops_{dt}{key}": alone[dt][stat] for dt in ("fp32", "bf16")
+    out = {f"matmul_peak_gflops_{dt}{key}": alone[dt][stat] for dt in alone  # bf16 only where native
            for key, stat in (("", "median"), ("_best_call", "best"))}  # replaced below by the stack's peak
     if res["dense"]:
         ratios = [row["compiled_over_sdpa"] for row in res["dense"]]

@@ -106,10 +106,10 @@ def no_grad(forward: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
     return run
 
 
-def matmul_fns(n: int, calls: int) -> tuple[dict[str, Callable[[], None]], float]:
-    """{"mm_fp32": fn, "mm_bf16": fn}, each fn running `calls` torch.mm of two n x n matrices, and
-    the FLOPs of one fn call (2 n^3 calls). Timed inside a comparison's rounds they give the matmul
-    peak under the same load as the workload."""
+def matmul_fns(n: int, calls: int, dtypes: tuple[str, ...] = ("fp32", "bf16")) -> tuple[dict[str, Callable[[], None]], float]:
+    """{"mm_fp32": fn, "mm_bf16": fn} (the `dtypes` asked for), each fn running `calls` torch.mm of two
+    n x n matrices, and the FLOPs of one fn call (2 n^3 calls). Timed inside a comparison's rounds they
+    give the matmul peak under the same load as the workload."""
     def run(a: torch.Tensor, b: torch.Tensor) -> Callable[[], None]:
         def mm() -> None:
             for _ in range(calls):
@@ -117,8 +117,9 @@ def matmul_fns(n: int, calls: int) -> tuple[dict[str, Callable[[], None]], float
 
         return mm
 
-    mats = {dt: (torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)) for dt in (torch.float32, torch.bfloat16)}
-    fns = {f"mm_{name}": run(*mats[dt]) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    kinds = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    mats = {name: (torch.randn(n, n).to(kinds[name]), torch.randn(n, n).to(kinds[name])) for name in dtypes}
+    fns = {f"mm_{name}": run(*mats[name]) for name in dtypes}
     return fns, 2.0 * n**3 * calls
 
 
@@ -130,8 +131,9 @@ def fraction_of_peak(flops: float, times: list[float], mm_flops: float, mm_times
 
 def matmul_peak(n: int, dtype: torch.dtype, timing: Timing) -> dict:
     """torch.mm on n x n matrices on its own: GFLOP/s of the median and of the fastest call."""
-    fns, flops = matmul_fns(n, 1)
-    times = time_interleaved({"mm": fns["mm_bf16" if dtype == torch.bfloat16 else "mm_fp32"]}, timing)["mm"]
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    fns, flops = matmul_fns(n, 1, (name,))
+    times = time_interleaved({"mm": fns[f"mm_{name}"]}, timing)["mm"]
     return {"median": flops / median(times) / 1e9, "best": flops / min(times) / 1e9}
 
 
