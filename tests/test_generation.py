@@ -88,7 +88,11 @@ def test_checkpoint_records_what_sampling_checks(pipeline: Path) -> None:
     from osplab.io import sha256_file
 
     assert meta["vqvae_sha256"] == sha256_file(pipeline / "checkpoints/smoke/vqvae.safetensors")
-    assert json.loads(meta["config"])["profile"] == "smoke"
+    # the settings the stage ran on, as given: the smoke fixture hands each stage only its declared params
+    import yaml
+
+    assert json.loads(meta["config"]) == yaml.safe_load((pipeline / "params.train_dit_rf.yaml").read_text())
+    assert json.loads(meta["config"])["dit"]["preset"] == "tiny"
     norm = json.loads(meta["latent_norm"])
     assert norm["scale"] > 0
     # the text standardisation fitted on the train captions travels in the weights
@@ -223,3 +227,22 @@ def test_sampling_precision_wraps_the_dit_only(monkeypatch) -> None:
     monkeypatch.setattr(loop, "_warned_emulated", set())
     with pytest.warns(RuntimeWarning, match="diffusion.sample.precision=bf16, but this CPU"):
         assert with_precision(model, "bf16", x.device) is model
+
+
+def test_each_smoke_stage_ran_on_only_the_settings_dvc_yaml_declares(stage2_pipeline):
+    """The fixture ran every stage on its own cut-down params file (tests/stage2_smoke.py). The check has
+    teeth: a stage given less than it reads fails with the missing key named."""
+    import yaml
+    from stage2_smoke import declared_settings, run_python, settings_subset
+
+    own = yaml.safe_load((stage2_pipeline / "params.train_dit_rf.yaml").read_text())
+    assert "dit" in own and "diffusion" in own and "vqvae" in own and "eval" not in own  # vqvae: only latents
+    assert set(own["vqvae"]) == {"latents"} and set(own["diffusion"]) >= {"rf", "ddpm", "val", "checkpoints"}
+    assert "diffusion.sample" in declared_settings("sample@untrained")
+    assert "diffusion.checkpoints" in declared_settings("sample@untrained")  # ${diffusion.checkpoints}/dit_rf...
+    cfg = yaml.safe_load((stage2_pipeline / "params.yaml").read_text())
+    keys = [k for k in declared_settings("embed_text") if k != "text"]  # keeps text.cache (a templated path)
+    (stage2_pipeline / "params.short.yaml").write_text(yaml.safe_dump(settings_subset(cfg, keys)))
+    proc = run_python(["-m", "osplab.stages.embed_text", "--no-progress", "--params", "params.short.yaml"],
+                      stage2_pipeline, check=False)
+    assert proc.returncode != 0 and "text.name" in proc.stderr

@@ -270,3 +270,28 @@ def test_smoke_profile_outputs_are_apart_from_the_default_ones():
         assert smoke[key] != default[key] and "smoke" in smoke[key], key
     assert all(smoke[k] == default[k] and default[k].startswith(("metrics/", "reports/"))
                for k in default if k not in templated)
+
+
+@pytest.mark.parametrize("module, stage", [("osplab.stages.train_vqvae", "train_vqvae"),
+                                           ("osplab.stages.train_dit", "train_dit@rf"),
+                                           ("osplab.stages.train_dit", "train_dit@ddpm")])
+def test_a_persisted_run_is_claimed_by_the_settings_the_stage_declares(module, stage):
+    """A training stage keeps its persisted run folder only for the same settings (osplab.train.provenance).
+    Those must be its dvc.yaml params: more, and a change DVC ignores (a sampling setting) throws a run
+    away when the stage is run by hand; fewer, and a changed setting resumes a run made with another."""
+    import importlib
+
+    declared = {p if isinstance(p, str) else next(iter(p)) for p in STAGES[stage].get("params", [])}
+    assert set(importlib.import_module(module).RUN_SETTINGS) == declared
+
+
+def test_settings_of_takes_exactly_the_keys_asked_for():
+    from osplab.config import compose
+    from osplab.train.provenance import settings_of
+
+    cfg = compose(["profile=smoke"])
+    got = settings_of(cfg, ["seed", "eval.ssim", "diffusion.rf.shift"])
+    assert got == {"seed": cfg.seed, "eval.ssim": OmegaConf.to_container(cfg.eval.ssim),
+                   "diffusion.rf.shift": cfg.diffusion.rf.shift}
+    with pytest.raises(KeyError, match="'eval.nope' is not in the composed config"):
+        settings_of(cfg, ["eval.nope"])

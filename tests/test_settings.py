@@ -131,3 +131,17 @@ def test_setting_errors_are_one_recognisable_type():
                 lambda: check_eval_settings({})):
         with pytest.raises(checks.SettingError):
             bad()
+
+
+def test_the_real_side_needs_only_the_settings_it_reads():
+    """`eval_real` (real I3D features) declares the protocol keys, not the FVD statistics' ones."""
+    from osplab.metrics.settings import REAL_SIDE, REQUIRED
+
+    ecfg = OmegaConf.to_container(compose(["profile=smoke"]).eval, resolve=True)
+    real = {k: v for k, v in ecfg.items() if k not in ("covariance", "bootstrap_rounds")}
+    check_eval_settings(real, required=REAL_SIDE)
+    with pytest.raises(ValueError, match=r"missing keys \['covariance', 'bootstrap_rounds'\]"):
+        check_eval_settings(real)
+    assert set(REAL_SIDE) < set(REQUIRED)
+    with pytest.raises(ValueError, match=r"^eval.batch_size=0 is not allowed"):
+        check_eval_settings({**real, "batch_size": 0}, required=REAL_SIDE)

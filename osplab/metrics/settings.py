@@ -18,28 +18,36 @@ I3D_MIN_FRAMES = 9
 I3D_RESOLUTION = (193, 224)
 REQUIRED = ("num_clips", "frames", "stride", "resolution", "resize", "covariance", "bootstrap_rounds",
             "batch_size", "seed", "real_split")
+# What the real side alone (the `eval_real` stage: clips -> I3D features) reads; the FVD statistics
+# settings (covariance, bootstrap_rounds) are not among them, so they are not required there either.
+REAL_SIDE = ("num_clips", "frames", "stride", "resolution", "resize", "batch_size", "seed", "real_split")
 
 
 def _eval_key(key: str) -> str:
     return f"eval.{key}"
 
 
-def check_eval_settings(cfg: Mapping[str, Any], name: Callable[[str], str] = _eval_key) -> None:
-    """Raise ValueError on the first bad or missing `eval` setting; see the module doc."""
-    missing = [k for k in REQUIRED if k not in cfg]
+def check_eval_settings(cfg: Mapping[str, Any], name: Callable[[str], str] = _eval_key,
+                        required: tuple[str, ...] = REQUIRED) -> None:
+    """Raise ValueError on the first bad or missing `eval` setting; see the module doc. `required`: the keys
+    the caller reads (REQUIRED for FVD, REAL_SIDE for the real features alone); only those are checked."""
+    missing = [k for k in required if k not in cfg]
     if missing:
         raise checks.SettingError(f"eval settings: missing keys {missing}; see conf/eval/default.yaml")
-    if cfg["num_clips"] is not None:
-        checks.integer(name("num_clips"), cfg["num_clips"], 2)
-    checks.integer(name("frames"), cfg["frames"], I3D_MIN_FRAMES)
-    checks.integer(name("stride"), cfg["stride"], 1)
-    checks.integer(name("resolution"), cfg["resolution"], *I3D_RESOLUTION)
-    checks.choice(name("resize"), cfg["resize"], RESIZE)
-    checks.choice(name("covariance"), cfg["covariance"], COVARIANCE)
-    checks.integer(name("bootstrap_rounds"), cfg["bootstrap_rounds"], 0)
-    checks.integer(name("batch_size"), cfg["batch_size"], 1)
-    checks.integer(name("seed"), cfg["seed"], 0)
-    if not isinstance(cfg["real_split"], str) or not cfg["real_split"]:
+    rules = {
+        "num_clips": lambda v: v is None or checks.integer(name("num_clips"), v, 2),
+        "frames": lambda v: checks.integer(name("frames"), v, I3D_MIN_FRAMES),
+        "stride": lambda v: checks.integer(name("stride"), v, 1),
+        "resolution": lambda v: checks.integer(name("resolution"), v, *I3D_RESOLUTION),
+        "resize": lambda v: checks.choice(name("resize"), v, RESIZE),
+        "covariance": lambda v: checks.choice(name("covariance"), v, COVARIANCE),
+        "bootstrap_rounds": lambda v: checks.integer(name("bootstrap_rounds"), v, 0),
+        "batch_size": lambda v: checks.integer(name("batch_size"), v, 1),
+        "seed": lambda v: checks.integer(name("seed"), v, 0),
+    }
+    for key in (k for k in REQUIRED if k in required and k in rules):  # in REQUIRED's order, as before
+        rules[key](cfg[key])
+    if "real_split" in required and (not isinstance(cfg["real_split"], str) or not cfg["real_split"]):
         raise checks.SettingError(
             f"{name('real_split')}={cfg['real_split']!r} is not allowed; allowed: a non-empty name")
     if cfg.get("device") is not None and not isinstance(cfg["device"], str):

@@ -42,7 +42,7 @@ from osplab.data.clips import ClipDataset
 from osplab.io import atomic_write_json, sha256_file
 from osplab.metrics.fvd import load_features, save_features
 from osplab.metrics.sanity import clip_features, fvd_result, fvd_window, usable_clips
-from osplab.metrics.settings import check_eval_settings
+from osplab.metrics.settings import REAL_SIDE, check_eval_settings
 from osplab.metrics.video import psnr, ssim, temporal_flicker
 
 
@@ -171,7 +171,7 @@ def build_real_cache(cfg, real_cache: str, progress: bool = True, i3d=None) -> d
     from osplab.metrics.i3d import load_i3d
 
     ecfg, t0 = OmegaConf.to_container(cfg.eval, resolve=True), time.perf_counter()
-    check_eval_settings(ecfg)
+    check_eval_settings(ecfg, required=REAL_SIDE)
     _, _, n_short, feats, cached = real_side(cfg, ecfg, i3d or load_i3d(ecfg.get("device")), real_cache, progress)
     return {"clips": len(feats), "skipped_real": n_short, "from_cache": cached, "seconds": time.perf_counter() - t0}
 

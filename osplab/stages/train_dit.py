@@ -31,7 +31,13 @@ from osplab.provenance import run_record
 from osplab.tasks.dit import OBJECTIVES, build_task, check_diffusion, checkpoint_path
 from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
 from osplab.train import seed_everything, setup_logging, train
-from osplab.train.provenance import claim_stage_run
+from osplab.train.provenance import claim_stage_run, settings_of
+
+
+# The settings a run depends on: the `params` of the train_dit stages in dvc.yaml (tests/test_pipeline.py
+# checks that they agree), so that, say, a new sampling setting does not throw a persisted run away.
+RUN_SETTINGS = ("seed", "dit", "diffusion.latent_max_channel_std", "diffusion.noise_frame_corr", "diffusion.rf",
+                "diffusion.ddpm", "diffusion.val", "train_dit", "text")
 
 
 def export(model: DiT, task, cfg, objective: str, train_cfg: TrainConfig) -> dict:
@@ -68,8 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     values["out_dir"] = str(Path(values["out_dir"]) / args.objective)
     train_cfg = TrainConfig.from_dict(values, prefix="train_dit")
     check_diffusion(cfg.diffusion)
-    settings = {k: plain(cfg[k]) for k in ("dit", "diffusion", "train_dit", "text")}
-    settings.update(objective=args.objective, seed=cfg.seed)
+    settings = {**settings_of(cfg, RUN_SETTINGS), "objective": args.objective}
     inputs = [Path(cfg.vqvae.latents) / "manifest.json", Path(cfg.text.cache) / "manifest.json"]
     claim_stage_run(train_cfg.out_dir, settings, inputs, env.is_main)
     seed_everything(train_cfg.seed)  # the same initial weights on every rank

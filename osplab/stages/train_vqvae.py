@@ -32,7 +32,7 @@ from osplab.config import load_params, plain, run_hydra, run_with_config_errors,
 from osplab.data.clips import ClipDataset
 from osplab.io import atomic_write_json
 from osplab.train.checkpoint import latest_checkpoint
-from osplab.train.provenance import claim_stage_run
+from osplab.train.provenance import claim_stage_run, settings_of
 from osplab.models.vqvae import VQVAE, VQVAEConfig
 from osplab.tasks.vqvae import build_task, evaluate, init_batches, reconstruct
 from osplab.train import TrainConfig, cleanup_distributed, init_distributed, read_weights, save_tensors_atomic
@@ -81,10 +81,14 @@ def initialise(model: VQVAE, crops, cfg, train_cfg: TrainConfig) -> dict:
     return stats
 
 
+# The settings a run depends on: the `params` of the train_vqvae stage in dvc.yaml (tests/test_pipeline.py
+# checks that they agree), so a change elsewhere (say, eval.num_clips) does not throw a persisted run away.
+RUN_SETTINGS = ("seed", "data.root", "vqvae", "train_vqvae", "eval.ssim")
+
+
 def claim_run(cfg, train_cfg: TrainConfig) -> None:
     """Keep `out_dir` only if it is a run of these settings, this data and this code."""
-    settings = {key: plain(cfg[key]) for key in ("vqvae", "train_vqvae", "eval")}
-    settings.update(seed=cfg.seed, data_root=cfg.data.root)
+    settings = settings_of(cfg, RUN_SETTINGS)
     claim_stage_run(train_cfg.out_dir, settings, [Path(cfg.data.root) / "manifest.json"], init_distributed().is_main)
 
 

@@ -25,6 +25,24 @@ log = logging.getLogger(__name__)
 FINGERPRINT_FILE = "inputs.json"
 
 
+def settings_of(cfg, keys: Iterable[str]) -> dict[str, Any]:
+    """{dotted key: plain value} of the composed settings `cfg` (an OmegaConf config or a dict) for `keys`,
+    e.g. a stage's dvc.yaml params: what a run depends on, and nothing else. A key that is not there
+    raises KeyError naming it."""
+    from omegaconf import OmegaConf
+
+    out = {}
+    for key in keys:
+        node = cfg
+        for part in key.split("."):
+            try:
+                node = node[part]
+            except (KeyError, TypeError, AttributeError) as err:  # OmegaConf's missing-key error is a KeyError
+                raise KeyError(f"setting {key!r} is not in the composed config") from err
+        out[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    return out
+
+
 def fingerprint(settings: dict[str, Any], files: Iterable[str | os.PathLike]) -> dict[str, str]:
     """{'settings': sha256 of the settings as sorted JSON, 'files': sha256 over the files'
     paths and contents (sorted), e.g. a data manifest and the package sources}."""
