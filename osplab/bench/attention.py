@@ -173,8 +173,8 @@ def bench_block_stack(cfg: dict, matmul_n: int, timing: Timing, bf16_native: boo
     are against 4 fp32/bf16 matmuls timed in the same rounds."""
     width, T, S, B = cfg["width"], cfg["frames"], cfg["tokens_per_frame"], cfg["batch"]
     x, c, grad = torch.randn(B, T, S, width), torch.randn(B, width), torch.randn(B, T, S, width)
-    bf16 = bool(cfg["bf16"]) and bf16_native
-    runs = [(v, False) for v in cfg["variants"]] + ([(cfg["variants"][0], True)] if bf16 else [])
+    with_bf16 = bool(cfg["bf16"]) and bf16_native
+    runs = [(v, False) for v in cfg["variants"]] + ([(cfg["variants"][0], True)] if with_bf16 else [])
     torch._dynamo.reset()
     steps, first = {}, {}
     for variant, bf16 in runs:
@@ -189,7 +189,7 @@ def bench_block_stack(cfg: dict, matmul_n: int, timing: Timing, bf16_native: boo
         name = f"{variant}{' bf16' if bf16 else ''}"
         steps[name] = train_step(stack, x, c, grad, bf16)
         first[name] = time_first_call(steps[name])
-    mm, mm_flops = matmul_fns(matmul_n, 4, ("fp32", "bf16") if bf16 else ("fp32",))
+    mm, mm_flops = matmul_fns(matmul_n, 4, ("fp32", "bf16") if with_bf16 else ("fp32",))
     times = time_interleaved(steps | mm, timing)
     flops = 3 * block_stack_flops(cfg["depth"], width, cfg["mlp_ratio"], T, S, B)
     base = next(iter(steps))

@@ -106,7 +106,8 @@ def no_grad(forward: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
     return run
 
 
-def matmul_fns(n: int, calls: int, dtypes: tuple[str, ...] = ("fp32", "bf16")) -> tuple[dict[str, Callable[[], None]], float]:
+def matmul_fns(n: int, calls: int,
+               dtypes: tuple[str, ...] = ("fp32", "bf16")) -> tuple[dict[str, Callable[[], None]], float]:
     """{"mm_fp32": fn, "mm_bf16": fn} (the `dtypes` asked for), each fn running `calls` torch.mm of two
     n x n matrices, and the FLOPs of one fn call (2 n^3 calls). Timed inside a comparison's rounds they
     give the matmul peak under the same load as the workload."""
