@@ -144,7 +144,8 @@ def results_notes(root: str | Path = ".") -> list[str]:
 
 
 def _bottleneck_note(g: dict) -> list[str]:
-    """Where the VQVAE loses detail: its codes or its decoder (evaluate_generation's `through_vqvae`), if measured."""
+    """Where the VQVAE loses detail: its codes or its decoder (evaluate_generation via
+    osplab.bench.quantization.decode_twice), if measured."""
     d = g["fvd_detail"]
     if "fvd_unquantized" not in d or "fvd_recon" not in d:
         return []

@@ -75,14 +75,15 @@ def markdown_report(res: dict) -> str:
         return format(scale * d[key], spec) if key in d else "-"  # "-": bf16 not measured on this machine
 
     bf16 = c.get("bf16", {"measured": True})  # runs before the flag existed measured bf16 everywhere
-    peaks = (f"fp32 {s.get('matmul_peak_gflops_fp32', float('nan')):.0f}, "
-             f"bf16 {s.get('matmul_peak_gflops_bf16', float('nan')):.0f} GFLOP/s). "
-             f"Alone at the start and end of the run, median/fastest call: fp32 {alone('fp32')}; "
-             f"bf16 {alone('bf16')} GFLOP/s." if bf16["measured"] else
-             f"fp32 {s.get('matmul_peak_gflops_fp32', float('nan')):.0f} GFLOP/s). "
-             f"Alone at the start and end of the run, median/fastest call: fp32 {alone('fp32')} GFLOP/s. "
-             f"bf16 not measured: this CPU ({bf16['cpu_capability']}) has no native bf16 (AVX512_BF16 or AMX), "
-             "and emulated bf16 runs 40-80x slower than fp32 (osplab.hardware).")
+    fp32 = f"fp32 {s.get('matmul_peak_gflops_fp32', float('nan')):.0f}"
+    alone_text = "Alone at the start and end of the run, median/fastest call: fp32 " + alone("fp32")
+    if bf16["measured"]:
+        peaks = (f"{fp32}, bf16 {s.get('matmul_peak_gflops_bf16', float('nan')):.0f} GFLOP/s). "
+                 f"{alone_text}; bf16 {alone('bf16')} GFLOP/s.")
+    else:
+        peaks = (f"{fp32} GFLOP/s). {alone_text} GFLOP/s. bf16 not measured: this CPU ({bf16['cpu_capability']}) "
+                 "has no native bf16 (AVX512_BF16 or AMX), and emulated bf16 runs 40-80x slower than fp32 "
+                 "(osplab.hardware).")
 
     lines = [
         "# Attention benchmark",
