@@ -1,0 +1,166 @@
+"""At which noise level does a DiT decide the motion, and does it take it from the caption?
+
+The caption-use probe (caption_use.py) asks whether the loss reacts to the direction word. This one asks
+what the network *makes* of noisy video, in pixels. For one-object val clips:
+
+1. x0: the clip's real latents (its first `latent_frames` latent frames), normalised as in training;
+2. x_t: x0 noised to t with fixed noise by the objective's forward process (RF: (1 - t) x0 + t noise;
+   DDPM: the step i = round(t * T));
+3. the DiT's estimate of x0 from x_t (conditional, no guidance) under the clip's own caption (`true`) and
+   under the caption with its direction word reversed (`reversed`: left <-> right, up <-> down);
+4. each estimate decoded by the VQVAE (snapped to codes) and judged in pixels (osplab.metrics.judge):
+   direction accuracy and travel (`motion_px`, how far the object moves along its caption's axis).
+
+Row t = 0 judges x0 itself (the reconstructions): the ceiling. How to read it: at low t the motion is in
+x_t itself and the estimate keeps it whichever word it is given. The t where travel collapses is where a
+sampler that starts from noise has to decide the motion; there, a network that reads the word moves the
+object the caption's way under `true` and the other way under `reversed`, and one that ignores it
+draws both the same (static). Only the synthetic data's caption grammar is understood.
+
+    python -m osplab.diffusion.motion_probe --variant rf [--clips 48] [--out probe.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import torch
+
+from osplab.diffusion.caption_use import one_object_rows
+from osplab.metrics.judge import caption_accuracy, judge_clips
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+T_GRID = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+def reversed_direction(caption: str) -> str:
+    """`caption` with every direction word replaced by its opposite (left <-> right, up <-> down)."""
+    out, n = re.subn(r"\b(left|right|up|down)\b", lambda m: OPPOSITE[m.group(1)], caption)
+    if n == 0:
+        raise ValueError(f"caption {caption!r} names no direction")
+    return out
+
+
+def x0_estimate(gen, x: torch.Tensor, t: float, text: torch.Tensor, mask: torch.Tensor,
+                noise: torch.Tensor) -> torch.Tensor:
+    """The DiT's clean-latent estimate from x (N, C, T, H, W) noised to time t in (0, 1) with `noise`."""
+    d = gen.meta["diffusion"]
+    n = len(x)
+    if gen.meta["objective"] == "rf":
+        tt = torch.full((n,), float(t))
+        xt = (1 - t) * x + t * noise
+        out = gen.dit(xt, tt, text, mask)
+        if str(d["rf"].get("prediction", "velocity")) == "x0":
+            return out
+        return xt - t * out  # velocity v = noise - x0 on the straight path
+    from osplab.tasks.dit import make_ddpm
+
+    ddpm = make_ddpm(d["ddpm"])
+    i = torch.full((n,), min(int(round(t * ddpm.num_train_timesteps)), ddpm.num_train_timesteps - 1))
+    xt = ddpm.add_noise(x, noise, i)
+    return ddpm.split(gen.dit(xt, ddpm.model_time(i), text, mask), xt, i)[0]
+
+
+@torch.no_grad()
+def motion_probe(gen, data, clips: int = 48, t_grid=T_GRID, latent_frames: int = 4, seed: int = 0,
+                 batch: int = 16) -> dict:
+    """The probe on the first `clips` one-object clips of `data` (osplab.tasks.dit.TextLatents, normalised
+    with `gen.norm`) that have at least `latent_frames` latent frames; clips of one (h, w) run together.
+
+    Returns {"clips": n, "latent_frames": k, "recon": judged x0, "rows": [{"t", "caption": "true" |
+    "reversed", "direction_accuracy", "motion_px", "shape_accuracy", "colour_accuracy", "x0_mse"}]},
+    the accuracies pooled over all picked clips, `x0_mse` the mean squared error of the estimate (latents).
+    """
+    from osplab.diffusion.noise import video_noise
+
+    shapes = data.shapes()
+    picked = [i for i in one_object_rows(data.latents.rows, len(data)) if shapes[i][0] >= latent_frames][:clips]
+    if not picked:
+        raise ValueError(f"no one-object clips with >= {latent_frames} latent frames in this split")
+    rho = float(gen.meta["diffusion"].get("noise_frame_corr", 0.0))
+    g = torch.Generator().manual_seed(seed)
+    groups: dict[tuple, list[int]] = {}
+    for i in picked:
+        groups.setdefault(tuple(shapes[i][1:]), []).append(i)
+    chunks = [members[s:s + batch] for _, members in sorted(groups.items()) for s in range(0, len(members), batch)]
+    inputs = []
+    for chunk in chunks:  # one fixed noise draw per clip, shared by every t and caption
+        x = torch.stack([data[i]["x"][:, :latent_frames] for i in chunk])
+        captions = [data.latents.rows[i]["caption"] for i in chunk]
+        inputs.append((x, captions, video_noise(x.shape, rho, g)))
+
+    def judge_all(make) -> dict:
+        """Pool the judge over all chunks: make(x, captions, noise) -> latents like x."""
+        videos, captions = [], []
+        for x, caps, noise in inputs:
+            videos.extend(gen.decode(make(x, caps, noise), snap=True))
+            captions.extend(caps)
+        acc = caption_accuracy(judge_clips(videos, captions))
+        return {k: acc[k] for k in ("direction_accuracy", "motion_px", "shape_accuracy", "colour_accuracy")}
+
+    out = {"clips": len(picked), "latent_frames": latent_frames, "recon": judge_all(lambda x, c, n: x), "rows": []}
+    for t in t_grid:
+        for name, edit in (("true", lambda c: c), ("reversed", reversed_direction)):
+            errors = []
+
+            def estimate(x, caps, noise):
+                text, mask = gen.text.encode([edit(c) for c in caps])
+                est = x0_estimate(gen, x, float(t), text, mask, noise)
+                errors.append((float((est - x).square().mean()), len(x)))
+                return est
+
+            row = {"t": float(t), "caption": name, **judge_all(estimate)}
+            row["x0_mse"] = sum(e * n for e, n in errors) / sum(n for _, n in errors)
+            out["rows"].append(row)
+    return out
+
+
+def table(result: dict) -> str:
+    """The probe as a markdown table: per t, direction accuracy and travel under both captions."""
+    r = result["recon"]
+    lines = ["| t | direction accuracy (true / reversed word) | travel px (true / reversed) | x0 MSE (true / reversed) |",
+             "|---|---|---|---|",
+             f"| 0 (x0 decoded) | {r['direction_accuracy']:.2f} | {r['motion_px']:.1f} | 0 |"]
+    by_t: dict[float, dict] = {}
+    for row in result["rows"]:
+        by_t.setdefault(row["t"], {})[row["caption"]] = row
+    for t, rows in by_t.items():
+        a, b = rows["true"], rows["reversed"]
+        lines.append(f"| {t:g} | {a['direction_accuracy']:.2f} / {b['direction_accuracy']:.2f} | "
+                     f"{a['motion_px']:.1f} / {b['motion_px']:.1f} | {a['x0_mse']:.4f} / {b['x0_mse']:.4f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--variant", choices=("rf", "ddpm"), default="rf")
+    p.add_argument("--clips", type=int, default=48, help="one-object val clips (default 48)")
+    p.add_argument("--t", type=float, nargs="+", default=list(T_GRID), help="noise levels in (0, 1)")
+    p.add_argument("--latent-frames", type=int, default=4, help="latent frames per clip (4 = 16 video frames)")
+    p.add_argument("--seed", type=int, default=0, help="the fixed noise")
+    p.add_argument("--out", help="also write the result as JSON here")
+    a = p.parse_args(argv)
+    if not all(0 < t < 1 for t in a.t):
+        p.error(f"--t values must be in (0, 1), got {a.t}")
+
+    from osplab.config import load_params
+    from osplab.io import atomic_write_json
+    from osplab.stages.sample import load_variant
+    from osplab.tasks.dit import TextLatents
+
+    cfg = load_params(a.params)
+    gen = load_variant(cfg, a.variant)
+    data = TextLatents(cfg.vqvae.latents, cfg.text.cache, "val", norm=gen.norm)
+    result = motion_probe(gen, data, a.clips, a.t, a.latent_frames, a.seed)
+    print(f"{result['clips']} one-object val clips, {result['latent_frames']} latent frames, variant {a.variant}")
+    print(table(result))
+    if a.out:
+        atomic_write_json(a.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
