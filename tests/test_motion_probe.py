@@ -125,7 +125,9 @@ def test_a_static_denoiser_shows_no_travel(one_object_clips, monkeypatch):
     assert "| 0.9 |" in M.table(out)
 
 
-def test_the_command_line_rejects_times_outside_the_open_interval(capsys):
+@pytest.mark.parametrize("args, message", [(["--t", "0.5", "1.0"], "(0, 1)"), (["--clips", "0"], ">= 1"),
+                                           (["--latent-frames", "0"], ">= 1")])
+def test_the_command_line_rejects_bad_settings_before_loading_anything(args, message, capsys, tmp_path):
     with pytest.raises(SystemExit):
-        M.main(["--t", "0.5", "1.0"])
-    assert "(0, 1)" in capsys.readouterr().err
+        M.main([*args, "--params", str(tmp_path / "missing.yaml")])
+    assert message in capsys.readouterr().err

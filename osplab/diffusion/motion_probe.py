@@ -28,6 +28,7 @@ import re
 
 import torch
 
+from osplab.diffusion import rectified_flow
 from osplab.diffusion.caption_use import one_object_rows
 from osplab.metrics.judge import caption_accuracy, judge_clips
 
@@ -37,7 +38,7 @@ T_GRID = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 def reversed_direction(caption: str) -> str:
     """`caption` with every direction word replaced by its opposite (left <-> right, up <-> down)."""
-    out, n = re.subn(r"\b(left|right|up|down)\b", lambda m: OPPOSITE[m.group(1)], caption)
+    out, n = re.subn(rf"\b({'|'.join(OPPOSITE)})\b", lambda m: OPPOSITE[m.group(1)], caption)
     if n == 0:
         raise ValueError(f"caption {caption!r} names no direction")
     return out
@@ -50,7 +51,7 @@ def x0_estimate(gen, x: torch.Tensor, t: float, text: torch.Tensor, mask: torch.
     n = len(x)
     if gen.meta["objective"] == "rf":
         tt = torch.full((n,), float(t))
-        xt = (1 - t) * x + t * noise
+        xt = rectified_flow.interpolate(x, noise, tt)
         out = gen.dit(xt, tt, text, mask)
         if str(d["rf"].get("prediction", "velocity")) == "x0":
             return out
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if not all(0 < t < 1 for t in a.t):
         p.error(f"--t values must be in (0, 1), got {a.t}")
+    if a.clips < 1 or a.latent_frames < 1:
+        p.error(f"--clips and --latent-frames must be >= 1, got {a.clips} and {a.latent_frames}")
 
     from osplab.config import load_params
     from osplab.io import atomic_write_json
