@@ -23,7 +23,6 @@ draws both the same (static). Only the synthetic data's caption grammar is under
 from __future__ import annotations
 
 import argparse
-import json
 import re
 
 import torch
