@@ -89,25 +89,25 @@ def motion_probe(gen, data, clips: int = 48, t_grid=T_GRID, latent_frames: int =
     for chunk in chunks:  # one fixed noise draw per clip, shared by every t and caption
         x = torch.stack([data[i]["x"][:, :latent_frames] for i in chunk])
         captions = [data.latents.rows[i]["caption"] for i in chunk]
-        inputs.append((x, captions, video_noise(x.shape, rho, g)))
+        texts = {"true": gen.text.encode(captions), "reversed": gen.text.encode(list(map(reversed_direction, captions)))}
+        inputs.append((x, captions, video_noise(x.shape, rho, g), texts))
 
     def judge_all(make) -> dict:
-        """Pool the judge over all chunks: make(x, captions, noise) -> latents like x."""
+        """Pool the judge over all chunks: make(x, noise, texts) -> latents like x."""
         videos, captions = [], []
-        for x, caps, noise in inputs:
-            videos.extend(gen.decode(make(x, caps, noise), snap=True))
+        for x, caps, noise, texts in inputs:
+            videos.extend(gen.decode(make(x, noise, texts), snap=True))
             captions.extend(caps)
         acc = caption_accuracy(judge_clips(videos, captions))
         return {k: acc[k] for k in ("direction_accuracy", "motion_px", "shape_accuracy", "colour_accuracy")}
 
-    out = {"clips": len(picked), "latent_frames": latent_frames, "recon": judge_all(lambda x, c, n: x), "rows": []}
+    out = {"clips": len(picked), "latent_frames": latent_frames, "recon": judge_all(lambda x, n, tx: x), "rows": []}
     for t in t_grid:
-        for name, edit in (("true", lambda c: c), ("reversed", reversed_direction)):
+        for name in ("true", "reversed"):
             errors = []
 
-            def estimate(x, caps, noise):
-                text, mask = gen.text.encode([edit(c) for c in caps])
-                est = x0_estimate(gen, x, float(t), text, mask, noise)
+            def estimate(x, noise, texts):
+                est = x0_estimate(gen, x, float(t), *texts[name], noise)
                 errors.append((float((est - x).square().mean()), len(x)))
                 return est
 
