@@ -11,7 +11,8 @@ import torch
 from osplab.data.latents import LatentDataset, write_latents
 from osplab.data.text_cache import TextCache, check_identity, write_text_cache
 from osplab.checks import SettingError
-from osplab.tasks.dit import LatentNorm, TextLatents, check_diffusion, collate, objective_loss, val_batches
+from osplab.tasks.dit import (LatentNorm, TextLatents, check_diffusion, collate, curriculum_subset, objective_loss,
+                              val_batches)
 
 
 class FakeEncoder:
@@ -172,6 +173,8 @@ def test_text_cache_replaces_its_own_store_but_not_a_user_folder(stores, tmp_pat
     ("diffusion.rf.t_min=0", "diffusion.rf.t_min"),
     ("diffusion.rf.frame_t=1.5", "diffusion.rf.frame_t"),
     ("diffusion.ddpm.prediction=x0", "diffusion.ddpm.prediction"),
+    ("diffusion.curriculum.fraction=1.0", "diffusion.curriculum.fraction"),
+    ("diffusion.curriculum.subset=hard", "diffusion.curriculum.subset"),
 ])
 def test_bad_diffusion_settings_are_refused_before_a_run(override, key):
     from osplab.config import compose
@@ -179,3 +182,20 @@ def test_bad_diffusion_settings_are_refused_before_a_run(override, key):
     check_diffusion(compose([]).diffusion)  # the shipped settings pass
     with pytest.raises(SettingError, match=rf"^{key}="):
         check_diffusion(compose([override]).diffusion)
+
+
+def test_curriculum_subset_reads_the_synthetic_captions():
+    from osplab.data.synthetic import SynthConfig, make_clip
+    from osplab.config import compose
+
+    synth = SynthConfig.from_conf(compose([]).data.synthetic)
+    clips = [make_clip(synth, "train", i) for i in range(40)]
+    captions = [c.caption for c in clips]
+    simple = [i for i, c in enumerate(clips)
+              if len(c.scene["objects"]) == 1 and not c.scene["objects"][0]["bounces"]]  # the scene's truth
+    assert 0 < len(simple) < len(clips)
+    assert curriculum_subset(captions, "simple") == simple
+    with pytest.raises(ValueError, match="selects 3 of 3 train clips"):  # e.g. UCF-101 class captions
+        curriculum_subset(["a person playing violin", "a person diving", "a person rowing"], "simple")
+    with pytest.raises(ValueError, match="unknown"):
+        curriculum_subset(captions, "hard")

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 import pytest
 import safetensors.torch
 import torch
@@ -125,6 +126,26 @@ def test_train_dit_refuses_a_broken_text_cache_naming_it(pipeline: Path, tmp_pat
     cfg.text.cache = str(broken)
     with pytest.raises(ValueError, match=rf"text cache {re.escape(str(broken))}.*not finite.*dvc repro embed_text"):
         build_task(DiT(DiTConfig.from_dict(plain(cfg.dit))), "rf", cfg)
+
+
+def test_curriculum_task_draws_the_simple_clips_first(pipeline: Path) -> None:
+    """diffusion.curriculum.fraction=0.5 of a 4-step run: the task's sampler gives 2 global batches of
+    one-object, no-bounce clips, then batches of the whole split (the smoke latents)."""
+    from osplab.config import plain
+    from osplab.data.synthetic import is_simple_caption
+    from osplab.models.dit import DiT, DiTConfig
+    from osplab.tasks.dit import build_task
+
+    cfg = _abs(load_params(pipeline / "params.yaml"), pipeline)
+    for key in ("vqvae.latents", "text.cache"):
+        OmegaConf.update(cfg, key, str(pipeline / OmegaConf.select(cfg, key)))
+    cfg.diffusion.curriculum.fraction = 0.5
+    task = build_task(DiT(DiTConfig.from_dict(plain(cfg.dit))), "rf", cfg, steps=4)
+    captions = [r["caption"] for r in task.dataset.latents.rows]
+    it = iter(task.batch_sampler(0, 1, 2, 1, 0))
+    stream = [i for _ in range(40) for i in next(it)]  # 2 easy global batches of 2, then 18 of every clip
+    assert all(is_simple_caption(captions[i]) for i in stream[:4])
+    assert not all(is_simple_caption(captions[i]) for i in stream[4:])
 
 
 def test_sampling_refuses_a_dit_of_another_vqvae_or_text_encoder(pipeline: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from osplab.data.clips import BucketBatchSampler, ClipDataset
+from osplab.data.clips import BucketBatchSampler, ClipDataset, CurriculumBatchSampler
 from osplab.data.store import read_manifest, verify_store
 from osplab.io import atomic_write_text
 from osplab.stages import data as data_stage
@@ -51,6 +51,30 @@ def test_bucket_sampler_resumes_and_shards(smoke_store):
     assert zipped == full[:12]  # two ranks together see exactly the one-process stream
     with pytest.raises(ValueError, match="no shape bucket holds a full global batch of 64"):
         BucketBatchSampler(shapes, rank=0, world_size=1, global_batch=64, micro_batch=8, seed=0)
+
+
+def test_curriculum_sampler_phases_resume_and_shards():
+    shapes = [(2, 4, 4)] * 20 + [(4, 4, 4)] * 12  # two buckets
+    first = list(range(0, 32, 3))                 # the 'easy' clips: 7 of the first bucket, 4 of the second
+    one = CurriculumBatchSampler(shapes, first, 5, rank=0, world_size=1, global_batch=4, micro_batch=2, seed=1)
+    stream = take(one, 20)                        # 10 global batches: 5 easy, then 5 from every clip
+    assert all(i in first for m in stream[:10] for i in m)
+    assert any(i not in first for m in stream[10:] for i in m)
+    assert all(len({shapes[i] for i in m}) == 1 for m in stream)
+    whole = BucketBatchSampler(shapes, rank=0, world_size=1, global_batch=4, micro_batch=2, seed=1)
+    assert stream[10:] == take(whole, 10)         # phase 2 is the whole split's stream from its start
+    for start in (2, 5, 7):                       # resume inside phase 1, at the switch, inside phase 2
+        one.start = start
+        assert take(one, 20 - 2 * start) == stream[2 * start:]
+    ranks = [CurriculumBatchSampler(shapes, first, 5, rank=r, world_size=2, global_batch=4, micro_batch=2, seed=1)
+             for r in (0, 1)]
+    zipped = [m for pair in zip(take(ranks[0], 10), take(ranks[1], 10)) for m in pair]
+    assert [i for m in zipped for i in m] == [i for m in stream for i in m]  # the same clips per step on 2 ranks
+    off = CurriculumBatchSampler(shapes, [], 0, rank=0, world_size=1, global_batch=4, micro_batch=2, seed=1)
+    whole.start = 0
+    assert take(off, 12) == take(whole, 12)      # switch 0: the plain bucketing stream
+    with pytest.raises(ValueError, match=r"curriculum's subset \(2 clips\): no shape bucket"):
+        CurriculumBatchSampler(shapes, [0, 1], 5, rank=0, world_size=1, global_batch=4, micro_batch=2, seed=1)
 
 
 def test_verify_detects_corruption(smoke_store, tmp_path):

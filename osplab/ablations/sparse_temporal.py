@@ -108,7 +108,7 @@ def train_variant(cfg, v: Variant, steps: int, out_root: str | Path) -> Trained:
     started = time.perf_counter()
     seed_everything(tcfg.seed)
     model = DiT(DiTConfig.from_dict(plain(vc.dit)))
-    task = build_task(model, "rf", vc)
+    task = build_task(model, "rf", vc, steps=int(steps))
     final = train(tcfg, task)
     model.load_state_dict(read_weights(tcfg.checkpoint_dir, "ema"))
     return Trained(model.eval(), task.dataset.norm, sorted({tuple(s) for s in task.dataset.shapes()}),

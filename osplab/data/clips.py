@@ -107,3 +107,42 @@ class BucketBatchSampler:
             for i in range(0, share, self.micro_batch):
                 yield mine[i:i + self.micro_batch].tolist()
             b += 1
+
+
+class CurriculumBatchSampler:
+    """Easy clips first: global batches 0 .. switch - 1 come from the clips `first` only, the rest from
+    every clip; both phases are `BucketBatchSampler` streams (one shape per batch) with the same seed.
+
+    Global batch b is a pure function of b (phase 1: batch b of the subset's stream; phase 2: batch
+    b - switch of the whole split's stream, which so starts at an epoch boundary), so resuming at any
+    step is exact, as for the bucketing sampler. `switch` = 0 is exactly `BucketBatchSampler(shapes, ...)`.
+    """
+
+    def __init__(self, shapes: list[tuple], first: list[int], switch: int, rank: int, world_size: int,
+                 global_batch: int, micro_batch: int, seed: int):
+        if switch < 0:
+            raise ValueError(f"switch={switch} must be >= 0 (global batches drawn from the subset)")
+        self.first = np.asarray(first, dtype=np.int64)
+        if switch and not len(self.first):
+            raise ValueError("the curriculum's subset is empty")
+        if len(self.first) and (self.first.min() < 0 or self.first.max() >= len(shapes)):
+            raise ValueError(f"subset indices must lie in [0, {len(shapes)})")
+        self.full = BucketBatchSampler(shapes, rank, world_size, global_batch, micro_batch, seed)
+        self.easy = None
+        if switch:
+            try:
+                self.easy = BucketBatchSampler([shapes[i] for i in self.first], rank, world_size, global_batch,
+                                               micro_batch, seed)
+            except ValueError as err:
+                raise ValueError(f"the curriculum's subset ({len(self.first)} clips): {err}") from err
+        self.switch, self.start = switch, 0
+        self.micro_per_batch = global_batch // world_size // micro_batch
+
+    def __iter__(self):
+        if self.start < self.switch:
+            self.easy.start = self.start
+            easy = iter(self.easy)
+            for _ in range((self.switch - self.start) * self.micro_per_batch):
+                yield self.first[next(easy)].tolist()
+        self.full.start = max(self.start - self.switch, 0)
+        yield from self.full

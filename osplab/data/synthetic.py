@@ -165,10 +165,21 @@ def sample_background(rng: np.random.Generator, height: int, width: int, texture
     return gray[..., None] + tint
 
 
+CLAUSE_JOIN = " while "  # joins the clauses of a two-object caption
+BOUNCE_TEXT = " and bounces off the walls"
+
+
 def describe(obj: dict) -> str:
     """'a small red circle moves left slowly' (+ ' and bounces off the walls')."""
     text = f"a {obj['size']} {obj['colour']} {obj['shape']} {obj['verb']} {obj['direction']} {obj['speed']}"
-    return text + (" and bounces off the walls" if obj["bounces"] else "")
+    return text + (BOUNCE_TEXT if obj["bounces"] else "")
+
+
+def is_simple_caption(caption: str) -> bool:
+    """True when a caption of this generator names one object that does not bounce (the easy clips
+    of a training curriculum, osplab.tasks.dit). Any other text (e.g. UCF-101 class names) is also
+    'simple' by this test; callers check that the subset is a proper one."""
+    return CLAUSE_JOIN not in caption and BOUNCE_TEXT not in caption
 
 
 def make_clip(cfg: SynthConfig, split: str, index: int) -> Clip:
@@ -186,7 +197,7 @@ def make_clip(cfg: SynthConfig, split: str, index: int) -> Clip:
         objects.append(obj)
         paths.append(path)
     video = render_clip(background, objects, np.stack(paths, axis=1))
-    caption = " while ".join(describe(o) for o in objects)
+    caption = CLAUSE_JOIN.join(describe(o) for o in objects)
     if textured:
         caption += " on a textured background"
     scene = {"background": "textured" if textured else "plain",

@@ -36,8 +36,8 @@ from osplab.train.provenance import claim_stage_run, settings_of
 
 # The settings a run depends on: the `params` of the train_dit stages in dvc.yaml (tests/test_pipeline.py
 # checks that they agree), so that, say, a new sampling setting does not throw a persisted run away.
-RUN_SETTINGS = ("seed", "dit", "diffusion.latent_max_channel_std", "diffusion.noise_frame_corr", "diffusion.rf",
-                "diffusion.ddpm", "diffusion.val", "train_dit", "text")
+RUN_SETTINGS = ("seed", "dit", "diffusion.latent_max_channel_std", "diffusion.noise_frame_corr", "diffusion.curriculum",
+                "diffusion.rf", "diffusion.ddpm", "diffusion.val", "train_dit", "text")
 
 
 def export(model: DiT, task, cfg, objective: str, train_cfg: TrainConfig) -> dict:

@@ -9,6 +9,8 @@ inflate the near-noise high components that the loss then spends itself on (shar
 the cap (in global-scale units) are scaled down to it, so the first components no longer carry
 several times the noise's energy and the layout is not fixed by noise alone at t > 0.9.
 Batches come from the bucketing sampler, one latent shape per batch, over every shape of the split.
+With `diffusion.curriculum.fraction` > 0 the first part of the run draws only from the easy clips
+(`curriculum_subset`: one object that does not bounce) and the rest from the whole split.
 
 Objectives (conf/diffusion): `rf` (rectified flow, velocity target) or `ddpm` (the 1000-step
 baseline), both on the same backbone. Their noise and timesteps come from the global torch RNG of
@@ -31,7 +33,7 @@ from itertools import zip_longest
 import torch
 from torch import nn
 
-from osplab.data.clips import BucketBatchSampler
+from osplab.data.clips import CurriculumBatchSampler
 from osplab.data.latents import LatentDataset
 from osplab.data.text_cache import TextCache
 from osplab.diffusion import rectified_flow
@@ -42,6 +44,7 @@ from osplab.train import Task
 from osplab.train.distributed import unwrap
 
 OBJECTIVES = ("rf", "ddpm")
+CURRICULUM_SUBSETS = ("simple",)
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,25 @@ def check_diffusion(d) -> None:
     checks.choice("diffusion.ddpm.prediction", d.ddpm.prediction, ddpm.PREDICTIONS)
     checks.choice("diffusion.ddpm.spacing", d.ddpm.spacing, ddpm.SPACINGS)
     checks.integer("diffusion.ddpm.num_train_timesteps", d.ddpm.num_train_timesteps, minimum=2)
+    checks.number("diffusion.curriculum.fraction", d.curriculum.fraction, low=0, high=1, high_open=True)
+    checks.choice("diffusion.curriculum.subset", d.curriculum.subset, CURRICULUM_SUBSETS)
+
+
+def curriculum_subset(captions: list[str], subset: str) -> list[int]:
+    """Indices of the clips of `subset` ('simple': the caption names one object that does not bounce;
+    osplab.data.synthetic.is_simple_caption). Raises when the subset is empty or is the whole split
+    (captions not written by the synthetic generator, e.g. UCF-101's): a curriculum that changes
+    nothing must not pass silently."""
+    from osplab.data.synthetic import is_simple_caption
+
+    if subset not in CURRICULUM_SUBSETS:
+        raise ValueError(f"curriculum subset {subset!r} is unknown; use one of {CURRICULUM_SUBSETS}")
+    keep = [i for i, c in enumerate(captions) if is_simple_caption(c)]
+    if not keep or len(keep) == len(captions):
+        raise ValueError(f"diffusion.curriculum.subset={subset!r} selects {len(keep)} of {len(captions)} train "
+                         "clips; the curriculum needs the synthetic data's captions (one or two objects, bounces "
+                         "named); set diffusion.curriculum.fraction=0 for other data")
+    return keep
 
 
 def checkpoint_path(cfg, objective: str) -> str:
@@ -219,8 +241,11 @@ def val_batches(data: TextLatents, clips: int, seed: int, frame_corr: float = 0.
     return batches
 
 
-def build_task(model: DiT, objective: str, cfg) -> Task:
-    """The training-loop Task for `objective` ('rf' | 'ddpm') with the settings of params.yaml."""
+def build_task(model: DiT, objective: str, cfg, steps: int | None = None) -> Task:
+    """The training-loop Task for `objective` ('rf' | 'ddpm') with the settings of params.yaml.
+
+    `steps`: optimizer steps of the run (default `train_dit.steps`); the curriculum's switch is
+    `diffusion.curriculum.fraction` of them."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is unknown; use one of {OBJECTIVES}")
     cap = cfg.diffusion.latent_max_channel_std
@@ -257,8 +282,13 @@ def build_task(model: DiT, objective: str, cfg) -> Task:
         out["val/loss"] = total / count
         return out
 
+    steps = int(cfg.train_dit.steps if steps is None else steps)
+    switch = int(round(float(cfg.diffusion.curriculum.fraction) * steps))
+    captions = [r["caption"] for r in train.latents.rows]
+    first = curriculum_subset(captions, cfg.diffusion.curriculum.subset) if switch else []
+
     def sampler(rank, world_size, global_batch, micro_batch, seed):
-        return BucketBatchSampler(shapes, rank, world_size, global_batch, micro_batch, seed)
+        return CurriculumBatchSampler(shapes, first, switch, rank, world_size, global_batch, micro_batch, seed)
 
     task = Task(model=model, loss=loss, dataset=train, collate=collate,
                 flops_per_sample=model.flops_per_sample(common, train.tokens.shape[1]), batch_sampler=sampler,
