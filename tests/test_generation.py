@@ -146,6 +146,9 @@ def test_curriculum_task_draws_the_simple_clips_first(pipeline: Path) -> None:
     stream = [i for _ in range(40) for i in next(it)]  # 2 easy global batches of 2, then 18 of every clip
     assert all(is_simple_caption(captions[i]) for i in stream[:4])
     assert not all(is_simple_caption(captions[i]) for i in stream[4:])
+    cfg.diffusion.curriculum.fraction = 0.1
+    with pytest.warns(RuntimeWarning, match="rounds to 0 steps"):  # 0.4 of a step: said, not silently dropped
+        build_task(DiT(DiTConfig.from_dict(plain(cfg.dit))), "rf", cfg, steps=4)
 
 
 def test_sampling_refuses_a_dit_of_another_vqvae_or_text_encoder(pipeline: Path, tmp_path: Path) -> None:

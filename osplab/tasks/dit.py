@@ -26,6 +26,7 @@ with fixed noise, logged at every checkpoint next to the training loss (`val/los
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import zip_longest
@@ -283,7 +284,11 @@ def build_task(model: DiT, objective: str, cfg, steps: int | None = None) -> Tas
         return out
 
     steps = int(cfg.train_dit.steps if steps is None else steps)
-    switch = int(round(float(cfg.diffusion.curriculum.fraction) * steps))
+    fraction = float(cfg.diffusion.curriculum.fraction)
+    switch = int(round(fraction * steps))
+    if fraction > 0 and switch == 0:
+        warnings.warn(f"diffusion.curriculum.fraction={fraction:g} of a {steps}-step run rounds to 0 steps: "
+                      "this run has no curriculum", RuntimeWarning, stacklevel=2)
     captions = [r["caption"] for r in train.latents.rows]
     first = curriculum_subset(captions, cfg.diffusion.curriculum.subset) if switch else []
 
