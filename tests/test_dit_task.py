@@ -77,6 +77,49 @@ def test_latent_norm_equals_a_direct_computation(stores):
     assert torch.allclose(norm.denormalize(norm.normalize(z)), z, atol=1e-6)
 
 
+def _continuous_copy(codes_root, out):
+    """A continuous store whose latents are exactly the codes' vectors, codebook[indices] (t, h, w, D)."""
+    records = []
+    for split in ("train", "val"):
+        latents = LatentDataset(codes_root, split)
+        records += [(split, latents.codebook[latents[i]["indices"]].numpy(), {"id": latents[i]["id"],
+                     "caption": latents[i]["caption"]}) for i in range(len(latents))]
+    write_latents(out, records, LatentDataset(codes_root, "train").codebook.numpy(), {"vqvae_sha256": "x"},
+                  kind="continuous")
+    return out
+
+
+def test_continuous_store_of_the_code_vectors_gives_the_same_norm_and_items(stores, tmp_path):
+    root, _ = stores
+    codes = LatentDataset(root / "latents", "train")
+    cont = LatentDataset(_continuous_copy(root / "latents", tmp_path / "cont"), "train")
+    assert (codes.kind, cont.kind) == ("codes", "continuous") and "indices" not in cont[0]
+    for i in range(len(codes)):
+        assert torch.equal(cont.latent(i), codes.latent(i)) and cont.latent(i).dtype == torch.float32
+    cap = 1.1  # below the largest channel std, so the per-channel path runs too
+    for max_std in (None, cap):
+        a, b = LatentNorm.measure(codes, max_std), LatentNorm.measure(cont, max_std)
+        assert b.mean == pytest.approx(a.mean, rel=1e-9, abs=1e-12) and b.scale == pytest.approx(a.scale, rel=1e-9)
+        assert (a.channel is None) == (b.channel is None) == (max_std is None)
+        if max_std is not None:
+            assert any(c > 1 for c in a.channel) and b.channel == pytest.approx(a.channel, rel=1e-9)
+    x_codes = TextLatents(root / "latents", root / "text", "train", max_channel_std=cap)
+    x_cont = TextLatents(tmp_path / "cont", root / "text", "train", max_channel_std=cap)
+    assert torch.allclose(x_codes[3]["x"], x_cont[3]["x"], atol=1e-6)
+
+
+def test_latent_store_refuses_mismatched_records(tmp_path):
+    book = np.zeros((4, 3), np.float32)
+    meta = {"id": "a", "caption": "c"}
+    with pytest.raises(ValueError, match="kind 'pixels'"):
+        write_latents(tmp_path / "s", [("train", np.zeros((1, 2, 2), np.int64), meta)], book, {}, kind="pixels")
+    with pytest.raises(ValueError, match="integer indices"):
+        write_latents(tmp_path / "s", [("train", np.zeros((1, 2, 2, 3), np.float32), meta)], book, {})
+    with pytest.raises(ValueError, match=r"\(t, h, w, 3\)"):
+        write_latents(tmp_path / "s", [("train", np.zeros((1, 2, 2, 5), np.float32), meta)], book, {}, kind="continuous")
+    assert not (tmp_path / "s").exists()
+
+
 def test_latent_norm_caps_only_the_channels_above_the_limit(stores):
     root, _ = stores
     latents = LatentDataset(root / "latents", "train")

@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from osplab.config import compose, write_params
+from osplab.checks import SettingError
+from osplab.config import compose, load_params, write_params
 from osplab.data.clips import ClipDataset
 from osplab.data.latents import LatentDataset
 from osplab.models.vqvae import VQVAE, VQVAEConfig, video_to_tensor
 from osplab.stages import encode, train_vqvae
+from osplab.stages.encode import load_vqvae
 from osplab.tasks.vqvae import ClipCrops
 
 
@@ -80,6 +82,31 @@ def test_latents_are_the_nearest_codes_of_the_exported_encoder(trained, smoke_st
             codebook_n = codebook
         nearest = torch.cdist(z, codebook_n).argmin(dim=1).view(z_e.shape[1:])
         assert torch.equal(latents[i]["indices"], nearest)
+
+
+def test_continuous_latents_snap_to_the_stored_codes(trained):
+    """vqvae.latent_kind=continuous stores the encoder's outputs; their nearest codes are the codes store's."""
+    params = trained / "params_continuous.yaml"
+    cfg = load_params(trained / "params.yaml")
+    cfg.vqvae.latent_kind = "continuous"
+    write_params(cfg, params)
+    encode.main(["--params", str(params), "--out", str(trained / "latents_cont"), "--no-progress"])
+    model = load_vqvae(str(trained / "vqvae.safetensors"))
+    codes = LatentDataset(trained / "latents", "val")
+    cont = LatentDataset(trained / "latents_cont", "val")
+    assert cont.kind == "continuous" and cont.manifest["source"] == codes.manifest["source"]
+    assert [r["id"] for r in cont.rows] == [r["id"] for r in codes.rows]
+    for i in range(len(codes)):
+        z = cont.latent(i)                                                   # (D, t, h, w)
+        assert z.shape == codes.latent(i).shape
+        with torch.no_grad():
+            snapped = model.quantizer.snap(z[None])[0]
+        assert torch.equal(snapped, codes.latent(i))
+    cfg.vqvae.latent_kind = "indices"
+    write_params(cfg, params)
+    with pytest.raises(SettingError, match="vqvae.latent_kind"):
+        encode.main(["--params", str(params), "--out", str(trained / "latents_bad"), "--no-progress"])
+    assert not (trained / "latents_bad").exists()
 
 
 def test_crops_are_a_pure_function_of_the_index(smoke_store):

@@ -561,6 +561,13 @@ class VQVAE(nn.Module):
         self._check_video(x)
         return self.quantizer(self.encoder(x))
 
+    def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, T, H, W) in [-1, 1] -> z (B, D, T', H', W'): the encoder's outputs in the codebook's space
+        (l2-normalised when the lookup is), i.e. what the quantizer snaps to codes; the codebook is not touched."""
+        self._check_video(x)
+        z = self.encoder(x)
+        return F.normalize(z, dim=1) if self.quantizer.l2_normalize else z
+
     def decode(self, z: torch.Tensor, requantize: bool = False) -> torch.Tensor:
         """z (B, D, T', H', W') -> video (B, 3, T' ft, H' fh, W' fw); requantize: snap z to the nearest codes first."""
         if z.ndim != 5 or z.shape[1] != self.cfg.embed_dim:

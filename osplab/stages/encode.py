@@ -1,9 +1,11 @@
-"""DVC stage `encode`: VQVAE code indices of every clip of every split (the DiT's training data).
+"""DVC stage `encode`: the VQVAE latents of every clip of every split (the DiT's training data).
 
     python -m osplab.stages.encode [--params params.yaml] [--out data/latents]
 
 Loads the weights at `vqvae.checkpoint`, encodes each whole clip, and writes a latent store
 (osplab/data/latents.py) atomically. Clips of one shape are encoded in batches of `vqvae.encode_batch`.
+`vqvae.latent_kind` picks what is stored: `codes` (the default: code indices, so the DiT diffuses
+`codebook[indices]`) or `continuous` (the encoder's outputs before the quantizer, 32x larger on disk).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from osplab import checks
 from osplab.config import load_params, run_with_config_errors
 from osplab.data.clips import ClipDataset
-from osplab.data.latents import write_latents
+from osplab.data.latents import KINDS, write_latents
 from osplab.data.store import read_manifest
 from osplab.io import sha256_file
 from osplab.models.vqvae import VQVAE, VQVAEConfig, video_to_tensor
@@ -40,8 +43,9 @@ def load_vqvae(path: str) -> VQVAE:
     return model.eval()
 
 
-def encode_split(model: VQVAE, clips: ClipDataset, batch: int, progress: bool):
-    """Yield (split, indices int (t, h, w), meta) for every clip, batching clips of one shape."""
+def encode_split(model: VQVAE, clips: ClipDataset, batch: int, progress: bool, kind: str = "codes"):
+    """Yield (split, latents, meta) for every clip, batching clips of one shape: latents are code indices
+    int (t, h, w) for kind "codes", the continuous latents float (t, h, w, D) for kind "continuous"."""
     by_shape: dict[tuple, list[int]] = {}
     for i, shape in enumerate(clips.shapes()):
         by_shape.setdefault(shape, []).append(i)
@@ -52,10 +56,13 @@ def encode_split(model: VQVAE, clips: ClipDataset, batch: int, progress: bool):
             chunk = members[start:start + batch]
             x = video_to_tensor(np.stack([clips[i]["video"] for i in chunk]))
             with torch.no_grad():
-                _, indices, _ = model.encode(x)
-            for i, idx in zip(chunk, indices.numpy()):
+                if kind == "codes":
+                    latents = model.encode(x)[1].numpy()                          # (B, t, h, w)
+                else:
+                    latents = model.encode_continuous(x).movedim(1, -1).numpy()   # (B, t, h, w, D)
+            for i, z in zip(chunk, latents):
                 row = clips.rows[i]
-                yield clips.split, idx, {"id": row["id"], "caption": row["caption"]}
+                yield clips.split, z, {"id": row["id"], "caption": row["caption"]}
             bar.update(len(chunk))
     bar.close()
 
@@ -68,17 +75,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cfg = load_params(args.params)
     started = time.perf_counter()
+    kind = checks.choice("vqvae.latent_kind", cfg.vqvae.latent_kind, KINDS)
     model = load_vqvae(cfg.vqvae.checkpoint)
     splits = list(read_manifest(cfg.data.root)["clips"])
 
     def records():
         for split in splits:
             yield from encode_split(model, ClipDataset(cfg.data.root, split), cfg.vqvae.encode_batch,
-                                    not args.no_progress)
+                                    not args.no_progress, kind)
 
     digest = sha256_file(cfg.vqvae.checkpoint)
     source = {"vqvae_checkpoint": str(cfg.vqvae.checkpoint), "vqvae_sha256": digest, "data_root": str(cfg.data.root)}
-    manifest = write_latents(args.out, records(), model.quantizer.codebook.numpy(), source)
+    manifest = write_latents(args.out, records(), model.quantizer.codebook.numpy(), source, kind)
     print(f"encoded {manifest['clips']} in {time.perf_counter() - started:.1f} s into {args.out}")
     return manifest
 

@@ -1,6 +1,7 @@
 """How the DiT plugs into the training loop: latents + cached text, an objective, a validation loss.
 
-Data. Item i of a split is the clip's VQVAE latents `codebook[indices]` (C, t, h, w), normalised
+Data. Item i of a split is the clip's VQVAE latents (C, t, h, w): `codebook[indices]`, or with
+`vqvae.latent_kind=continuous` the encoder's unquantized outputs (`LatentDataset.latent`), normalised
 by one global mean and scale measured on the train latents (`LatentNorm`; saved with the
 checkpoint), with the caption's cached tokens (L, D) and mask (L,). One global scale keeps the
 latents' spectrum: they are PCA coefficients, and scaling each channel to unit variance would
@@ -70,20 +71,16 @@ class LatentNorm:
 
     @classmethod
     def measure(cls, latents: LatentDataset, max_channel_std: float | None = None) -> "LatentNorm":
-        """Exact, from code counts: sum z = sum_k n_k c_k and sum z^2 = sum_k n_k |c_k|^2 (float64)."""
-        counts = torch.zeros(len(latents.codebook), dtype=torch.float64)
-        for i in range(len(latents)):
-            counts += torch.bincount(latents[i]["indices"].flatten(), minlength=len(counts)).double()
-        book = latents.codebook.double()                                  # (K, D)
-        n = counts.sum() * book.shape[1]
-        mean = float((counts @ book).sum() / n)
-        var = float((counts @ book.square()).sum() / n) - mean**2
+        """From per-channel first and second moments (float64) of every latent value of the split: for a
+        store of codes exactly, from code counts (sum z = sum_k n_k c_k, sum z^2 = sum_k n_k c_k^2)."""
+        if max_channel_std is not None and not max_channel_std > 0:
+            raise ValueError(f"max_channel_std must be > 0 (or null for one global scale), got {max_channel_std}")
+        s1, s2, n = _channel_moments(latents)                             # (D,), (D,), positions
+        mean = float(s1.sum() / (n * len(s1)))
+        var = float(s2.sum() / (n * len(s1))) - mean**2
         if max_channel_std is None:
             return cls(mean, var**0.5)
-        if not max_channel_std > 0:
-            raise ValueError(f"max_channel_std must be > 0 (or null for one global scale), got {max_channel_std}")
-        p = counts / counts.sum()
-        std_c = ((p @ book.square()) - (p @ book).square()).clamp_min(0).sqrt() / var**0.5  # (D,) in global units
+        std_c = ((s2 / n) - (s1 / n).square()).clamp_min(0).sqrt() / var**0.5  # (D,) in global units
         channel = (std_c / max_channel_std).clamp_min(1.0)
         return cls(mean, var**0.5, tuple(float(c) for c in channel))
 
@@ -109,6 +106,23 @@ class LatentNorm:
         return x * self._divisor(x) + self.mean
 
 
+def _channel_moments(latents: LatentDataset) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(sum of z, sum of z^2) per channel (D,) float64 over every latent position of the split, and the
+    number of positions."""
+    if latents.kind == "codes":
+        counts = torch.zeros(len(latents.codebook), dtype=torch.float64)
+        for i in range(len(latents)):
+            counts += torch.bincount(latents[i]["indices"].flatten(), minlength=len(counts)).double()
+        book = latents.codebook.double()                                  # (K, D)
+        return counts @ book, counts @ book.square(), float(counts.sum())
+    s1 = s2 = torch.zeros(latents.codebook.shape[1], dtype=torch.float64)
+    n = 0
+    for i in range(len(latents)):
+        z = latents.latent(i).flatten(1).double()                         # (D, t h w)
+        s1, s2, n = s1 + z.sum(1), s2 + z.square().sum(1), n + z.shape[1]
+    return s1, s2, float(n)
+
+
 class TextLatents:
     """A split of the latent store with cached caption embeddings; item i is a pure function of i:
     {"x": float32 (C, t, h, w) normalised latents, "text": (L, D), "mask": bool (L,)}."""
@@ -125,7 +139,7 @@ class TextLatents:
         return len(self.latents)
 
     def __getitem__(self, index: int) -> dict:
-        z = self.latents.latents(self.latents[index]["indices"])             # (C, t, h, w)
+        z = self.latents.latent(index)                                       # (C, t, h, w)
         return {"x": self.norm.normalize(z), "text": self.tokens[index], "mask": self.mask[index]}
 
     def shapes(self) -> list[tuple[int, int, int]]:
