@@ -72,6 +72,11 @@ class Generator:
     def norm(self) -> LatentNorm:
         return LatentNorm(**self.meta["latent_norm"])
 
+    @property
+    def latent_kind(self) -> str:
+        """What the DiT was trained on: 'codes' or 'continuous' (vqvae.latent_kind; older checkpoints: codes)."""
+        return self.meta.get("config", {}).get("vqvae", {}).get("latent_kind", "codes")
+
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(C, t, h, w) of a (frames, height, width) clip; a clear error with the nearest valid sizes."""
         ft, fh, fw = self.vqvae.cfg.downsample

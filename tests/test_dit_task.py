@@ -106,6 +106,9 @@ def test_continuous_store_of_the_code_vectors_gives_the_same_norm_and_items(stor
     x_codes = TextLatents(root / "latents", root / "text", "train", max_channel_std=cap)
     x_cont = TextLatents(tmp_path / "cont", root / "text", "train", max_channel_std=cap)
     assert torch.allclose(x_codes[3]["x"], x_cont[3]["x"], atol=1e-6)
+    TextLatents(tmp_path / "cont", root / "text", "train", norm=x_codes.norm, expect_kind="continuous")
+    with pytest.raises(ValueError, match="holds continuous latents, but the DiT was trained on codes"):
+        TextLatents(tmp_path / "cont", root / "text", "train", norm=x_codes.norm, expect_kind="codes")
 
 
 def test_latent_store_refuses_mismatched_records(tmp_path):

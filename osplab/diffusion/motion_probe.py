@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = load_params(a.params)
     gen = load_variant(cfg, a.variant)
-    data = TextLatents(cfg.vqvae.latents, cfg.text.cache, "val", norm=gen.norm)
+    data = TextLatents(cfg.vqvae.latents, cfg.text.cache, "val", norm=gen.norm, expect_kind=gen.latent_kind)
     result = motion_probe(gen, data, a.clips, a.t, a.latent_frames, a.seed)
     print(f"{result['clips']} one-object val clips, {result['latent_frames']} latent frames, variant {a.variant}")
     print(table(result))

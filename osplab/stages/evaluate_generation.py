@@ -112,7 +112,7 @@ def listening(cfg, gen) -> dict:
 
     d = OmegaConf.create(gen.meta["diffusion"])
     rho = float(d.noise_frame_corr)
-    data = TextLatents(cfg.vqvae.latents, cfg.text.cache, "val", norm=gen.norm)
+    data = TextLatents(cfg.vqvae.latents, cfg.text.cache, "val", norm=gen.norm, expect_kind=gen.latent_kind)
 
     def loss_fn(batch: dict, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return objective_loss(gen.meta["objective"], d, gen.dit, batch, None, t, noise)

@@ -128,8 +128,11 @@ class TextLatents:
     {"x": float32 (C, t, h, w) normalised latents, "text": (L, D), "mask": bool (L,)}."""
 
     def __init__(self, latents_root: str, text_root: str, split: str, norm: LatentNorm | None = None,
-                 max_channel_std: float | None = None):
+                 max_channel_std: float | None = None, expect_kind: str | None = None):
         self.latents = LatentDataset(latents_root, split)
+        if expect_kind is not None and self.latents.kind != expect_kind:  # a DiT's norm on the other kind: wrong inputs
+            raise ValueError(f"{latents_root} holds {self.latents.kind} latents, but the DiT was trained on "
+                             f"{expect_kind} latents (vqvae.latent_kind); re-run `dvc repro encode` with its setting")
         self.text = TextCache(text_root, split)
         self.norm = norm or LatentNorm.measure(self.latents, max_channel_std)
         ids = [r["id"] for r in self.latents.rows]
