@@ -58,28 +58,20 @@ def draw_scene(seed: int, index: int, frames: int, height: int, width: int, p_te
     return Scene(background, obj, path)
 
 
-def versions(scene: Scene, shift_px: float) -> dict[str, list[np.ndarray]]:
-    """uint8 clips (T, H, W, 3) per fact; for shape and colour, every value of the fact in the generator's order
-    (the true one included), for direction [true, reversed], for shift [true, shifted]."""
+def versions(scene: Scene, shift_px: float) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
+    """The scene as drawn, and per fact its changed versions: uint8 clips (T, H, W, 3). Shape and colour: every
+    other value of the fact, in the generator's order; direction: the reversed path; shift: the shifted path."""
     def render(obj, path):
         return render_clip(scene.background, [obj], path[:, None, :])
 
     o, p = scene.obj, scene.path
-    return {
-        "shape": [render(dict(o, shape=s), p) for s in S.SHAPES],
-        "colour": [render(dict(o, colour=c, rgb=S.COLOURS[c]), p) for c in S.COLOURS],
-        "direction": [render(o, p), render(o, p[::-1].copy())],
-        "shift": [render(o, p), render(o, p + np.array([0.0, shift_px]))],
+    changed = {
+        "shape": [render(dict(o, shape=s), p) for s in S.SHAPES if s != o["shape"]],
+        "colour": [render(dict(o, colour=c, rgb=S.COLOURS[c]), p) for c in S.COLOURS if c != o["colour"]],
+        "direction": [render(o, p[::-1].copy())],
+        "shift": [render(o, p + np.array([0.0, shift_px]))],
     }
-
-
-def true_index(scene: Scene, fact: str) -> int:
-    """Which of `versions(...)[fact]` is the scene as drawn."""
-    if fact == "shape":
-        return S.SHAPES.index(scene.obj["shape"])
-    if fact == "colour":
-        return list(S.COLOURS).index(scene.obj["colour"])
-    return 0
+    return render(o, p), changed
 
 
 def object_cells(clips: list[np.ndarray], background: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
@@ -100,25 +92,26 @@ def measure(encode, scenes: list[Scene], factors: tuple[int, int, int], shift_px
     sums = {f: {k: [] for k in ("distance", "excess", "code_changed", "code_changed_outside", "inside", "outside")}
             for f in FACTS}
     for scene in scenes:
-        by_fact = versions(scene, shift_px)
-        for fact, clips in by_fact.items():
-            x, codes = encode(clips)                          # (V, C, t, h, w), (V, t, h, w)
-            i = true_index(scene, fact)
-            bg = torch.from_numpy(~object_cells(clips, scene.background, factors))   # (t, h, w)
+        true, changed = versions(scene, shift_px)
+        x, codes = encode([true] + [c for fact in FACTS for c in changed[fact]])  # (N, C, t, h, w), (N, t, h, w)
+        start = 1
+        for fact in FACTS:
+            n = len(changed[fact])
+            xs, cs = x[start:start + n], codes[start:start + n]                 # this fact's changed versions
+            start += n
+            bg = torch.from_numpy(~object_cells([true, *changed[fact]], scene.background, factors))  # (t, h, w)
             s = sums[fact]
-            for j in range(len(clips)):
-                if j == i:
-                    continue
-                sq = (x[j] - x[i]).square()                   # (C, t, h, w)
+            for j in range(n):
+                sq = (xs[j] - x[0]).square()                  # (C, t, h, w)
                 s["distance"].append(float(sq.mean()))
                 s["inside"].append(float(sq.sum(0)[~bg].sum()))
                 s["outside"].append(float(sq.sum(0)[bg].sum()))
-                changed = codes[j] != codes[i]
-                s["code_changed"].append(float(changed.float().mean()))
+                recoded = cs[j] != codes[0]
+                s["code_changed"].append(float(recoded.float().mean()))
                 if bg.any():
-                    s["code_changed_outside"].append(float(changed[bg].float().mean()))
-            if fact != "shift":
-                s["excess"].append(float((x[i] - x.mean(0)).square().mean()))
+                    s["code_changed_outside"].append(float(recoded[bg].float().mean()))
+            if fact != "shift":  # the mean over every value of the fact, the true one included
+                s["excess"].append(float((x[0] - torch.cat([x[:1], xs]).mean(0)).square().mean()))
     out = {}
     for fact, s in sums.items():
         total = sum(s["inside"]) + sum(s["outside"])
