@@ -130,8 +130,7 @@ def vqvae_encoder(vqvae, norm):
 
     @torch.no_grad()
     def encode(clips):
-        x = torch.cat([video_to_tensor(torch.from_numpy(np.ascontiguousarray(c))[None]) for c in clips])
-        z, codes, _ = vqvae.encode(x)
+        z, codes, _ = vqvae.encode(video_to_tensor(np.stack(clips)))  # (N, 3, T, H, W) in [-1, 1]
         return norm.normalize(z), codes
 
     return encode
