@@ -11,14 +11,18 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from osplab.models.attention import (
     BACKENDS,
+    CPU_MATH_MAX_KEYS,
+    CPU_MATH_MAX_KEYS_FP32,
     LAYOUTS,
     MODULE_LAYOUTS,
     SpatioTemporalAttention,
     attention,
     layout_mask,
+    sdpa,
 )
 from osplab.models import attention_sparse
 from osplab.models.attention_sparse import flex_attention_layout, sparse_temporal_gather, sparse_temporal_split_kv
@@ -287,3 +291,37 @@ def test_module_under_bf16_autocast_stays_close_to_fp32(layout):
         out = mods["sdpa"](x)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), mods["eager"](x), atol=2e-2, rtol=2e-2)
+
+
+def _sdpa_kernels(q, k, v, mask=None) -> set[str]:
+    """The aten SDPA kernels that `sdpa` forward + backward ran (profiler op names)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        sdpa(q, k, v, attn_mask=mask).float().sum().backward()
+    return {e.name for e in prof.events() if "_scaled_dot_product" in e.name}
+
+
+@pytest.mark.parametrize("keys, dtype, math", [(20, torch.bfloat16, True), (CPU_MATH_MAX_KEYS, torch.bfloat16, True),
+                                               (CPU_MATH_MAX_KEYS + 1, torch.bfloat16, False),
+                                               (CPU_MATH_MAX_KEYS_FP32, torch.float32, True),
+                                               (CPU_MATH_MAX_KEYS_FP32 + 1, torch.float32, False)])
+def test_sdpa_takes_the_math_kernel_only_for_few_keys_on_cpu(keys, dtype, math):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 2, 48, 16, generator=gen)
+    k, v = (torch.randn(2, 2, keys, 16, generator=gen) for _ in range(2))
+    mask = torch.rand(2, 1, 1, keys, generator=gen) > 0.3
+    mask[..., 0] = True  # every row keeps a key
+    leaves = [x.to(dtype).clone().requires_grad_() for x in (q, k, v)]
+    kernels = _sdpa_kernels(*leaves, mask)
+    assert ("aten::_scaled_dot_product_attention_math" in kernels) == math, kernels
+    assert any("flash" in name for name in kernels) != math, kernels
+    # the same attention as float64 SDPA, forward and backward, up to the dtype's rounding
+    ref = [x.double().clone().requires_grad_() for x in (q, k, v)]
+    F.scaled_dot_product_attention(*ref, attn_mask=mask).sum().backward()
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-5
+    out = sdpa(*[x.detach() for x in leaves], attn_mask=mask)
+    torch.testing.assert_close(out.double(), F.scaled_dot_product_attention(*[x.detach() for x in ref], attn_mask=mask),
+                               atol=tol, rtol=tol)
+    for leaf, r in zip(leaves, ref):
+        torch.testing.assert_close(leaf.grad.double(), r.grad, atol=tol, rtol=tol)

@@ -28,6 +28,7 @@ TINY = {
     "device": "cpu", "threads": 2, "repeats": 2, "warmup": 1, "min_seconds": 0.0, "max_repeats": 2, "matmul_n": 64,
     "shapes": {"batch": 1, "width": 16, "mlp_ratio": 2, "frames": [2], "tokens_per_frame": [4], "head_dims": [8]},
     "sparse": {"k": 4, "batch": 1, "width": 16, "frames": 6, "tokens_per_frame": [4], "head_dim": 8, "flex": False},
+    "short": {"tokens": 32, "heads": 2, "head_dim": 8, "self_lengths": [8, 130], "cross_queries": 8, "cross_keys": 6},
     "block_stack": {"depth": 1, "width": 16, "heads": 2, "mlp_ratio": 4, "frames": 2, "tokens_per_frame": 4,
                     "batch": 2, "variants": ["sdpa"], "bf16": True},
 }
@@ -150,7 +151,15 @@ def test_smoke_run_writes_report_plot_and_metrics(tmp_path, monkeypatch):
     assert metrics["compiled_over_sdpa_worst"] == max(r["compiled_over_sdpa"] for r in res["dense"])
     assert len(res["dense"]) == 1 and len(res["sparse"]) == 1 and len(res["block_stack"]) == 2
     assert res["block_stack"][0]["flops_per_step"] == 3 * block_stack_flops(1, 16, 4, 2, 4, 2)
+    # short sequences: fp32 and bf16 x (self 8, self 130, cross 8 -> 6); math for <= 32 keys (fp32), <= 128 (bf16)
+    picks = [(r["dtype"], r["kind"], r["keys"], r["kit_pick"]) for r in res["short"]]
+    assert picks == [("float32", "self", 8, "math"), ("float32", "self", 130, "flash"), ("float32", "cross", 6, "math"),
+                     ("bfloat16", "self", 8, "math"), ("bfloat16", "self", 130, "flash"), ("bfloat16", "cross", 6, "math")]
+    assert metrics["short_kit_over_best_worst"] == max(r["kit_over_best"] for r in res["short"])
+    assert {k for k in metrics if k.startswith("short_flash_over_math")} == {
+        f"short_flash_over_math_{dt}_{kind}" for dt in ("float32", "bfloat16") for kind in ("self8", "cross6")}
     report = paths[0].read_text()
+    assert "| cross | bfloat16 | 4 x 2 | 8 | 6 |" in report  # batch = 32 tokens / 8 queries
     assert "| 2 | 4 | 8 | 2 | 1 |" in report  # the dense row T=2, S=4, D=8, H=2, B=1
     assert "### Targets" in report and "GLIBC_TUNABLES" in report
     assert paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -168,6 +177,7 @@ def test_bf16_is_not_timed_where_it_is_emulated(tmp_path, monkeypatch):
     metrics = json.loads(paths[2].read_text())
     assert "matmul_peak_gflops_bf16" not in metrics and math.isfinite(metrics["block_stack_fraction_of_peak"])
     assert [r["dtype"] for r in res["block_stack"]] == ["fp32"]
+    assert {r["dtype"] for r in res["short"]} == {"float32"}
     assert "bf16_fwd_bwd" not in res["dense"][0]["ms"] and set(res["dense"][0]["peak_gflops"]) == {"fp32"}
     assert res["conditions"]["bf16"]["measured"] is False and set(res["peak_runs"]) == {"peak_fp32"}
     report = paths[0].read_text()

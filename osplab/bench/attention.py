@@ -18,6 +18,8 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from osplab.bench.timing import (
     Timing,
@@ -35,7 +37,7 @@ from osplab.bench.timing import (
     time_first_call,
     time_interleaved,
 )
-from osplab.models.attention import attention
+from osplab.models.attention import attention, cpu_math_max_keys, sdpa
 from osplab.models.attention_sparse import anchor_frames, split_kv_available
 from osplab.models.blocks import BlockStack, DiTBlock
 
@@ -162,6 +164,50 @@ def bench_sparse(batch, width, frames, tokens, head_dim, k, timing: Timing, flex
     return row
 
 
+def bench_short(cfg: dict, dtype: torch.dtype, timing: Timing) -> list[dict]:
+    """The kit's SDPA kernel pick for short sequences (osplab.models.attention.sdpa: on the CPU, few keys
+    (`cpu_math_max_keys` of the dtype) -> the math kernel) against SDPA forced to the flash kernel and
+    to the math kernel, forward + backward, interleaved, at the DiT's lengths: self-attention over
+    `self_lengths` tokens (queries = keys) and cross-attention of `cross_queries` tokens to `cross_keys`
+    text tokens with a padding mask (the last quarter of the keys masked). A call holds `tokens` queries
+    (batch = tokens / queries), like one training step's attention call. CPU kernels only."""
+    H, D = cfg["heads"], cfg["head_dim"]
+    cases = [("self", n, n) for n in cfg["self_lengths"]] + [("cross", cfg["cross_queries"], cfg["cross_keys"])]
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for kind, lq, lk in cases:
+        B = max(1, cfg["tokens"] // lq)
+        q = torch.randn(B, H, lq, D, generator=g).to(dtype).requires_grad_()
+        k, v = (torch.randn(B, H, lk, D, generator=g).to(dtype).requires_grad_() for _ in range(2))
+        mask = None
+        if kind == "cross":
+            mask = torch.ones(B, 1, 1, lk, dtype=torch.bool)
+            mask[..., lk - lk // 4:] = False
+
+        def call(kernel):
+            if kernel is None:
+                return lambda: sdpa(q, k, v, attn_mask=mask)
+
+            def forced():
+                with sdpa_kernel(kernel):
+                    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+            return forced
+
+        grad = torch.randn_like(q)
+        fns = {name: fwd_bwd(call(kernel), [q, k, v], grad)
+               for name, kernel in (("kit", None), ("flash", SDPBackend.FLASH_ATTENTION), ("math", SDPBackend.MATH))}
+        times = time_interleaved(fns, timing)
+        ms = {name: 1e3 * median(ts) for name, ts in times.items()}
+        best = min(("flash", "math"), key=ms.get)
+        rows.append({"kind": kind, "dtype": str(dtype).removeprefix("torch."), "batch": B, "heads": H, "head_dim": D,
+                     "queries": lq, "keys": lk, "ms": ms, "best": best,
+                     "kit_pick": "math" if lk <= cpu_math_max_keys(dtype) else "flash",
+                     "kit_over_best": paired_ratio(times["kit"], times[best]),
+                     "flash_over_math": paired_ratio(times["flash"], times["math"])})
+    return rows
+
+
 def bench_block_stack(cfg: dict, matmul_n: int, timing: Timing, bf16_native: bool = True) -> list[dict]:
     """Training step (zero_grad, fwd, bwd, AdamW step) of a DiT-shaped stack of adaLN blocks with
     full attention, for each variant in cfg["variants"], timed interleaved:
@@ -245,16 +291,20 @@ def run_benchmark(s: dict, progress: bool = True) -> dict:
               for T in sh["frames"] for S in sh["tokens_per_frame"] for D in sh["head_dims"]]
     tasks += [("sparse", lambda S=S: bench_sparse(sp["batch"], sp["width"], sp["frames"], S, sp["head_dim"],
                                                   sp["k"], t, sp["flex"])) for S in sp["tokens_per_frame"]]
+    if device == "cpu":  # the kernel pick of `sdpa` is a CPU rule
+        tasks += [("short", lambda dt=dt: bench_short(s["short"], dt, t))
+                  for dt in ((torch.float32, torch.bfloat16) if bf16 else (torch.float32,))]
     tasks.append(("block_stack", lambda: bench_block_stack(bs, n, t, bf16)))
     tasks += peaks  # again at the end
     with torch.device(device):  # every tensor and module below is created there
-        res: dict = {"conditions": conditions(), "settings": s, "dense": [], "sparse": [], "block_stack": []}
+        res: dict = {"conditions": conditions(), "settings": s, "dense": [], "sparse": [], "short": [],
+                     "block_stack": []}
         res["conditions"]["bf16"] = {"measured": bf16, **describe_cpu()}
         res["peak_runs"] = {name: [] for name, _ in peaks}
         t0 = time.perf_counter()
         for name, fn in tqdm(tasks, desc="bench_attention", disable=not progress):
             out = fn()
-            if name == "block_stack":
+            if name in ("block_stack", "short"):
                 res[name] += out
             else:
                 (res["peak_runs"][name] if name.startswith("peak") else res[name]).append(out)
@@ -282,6 +332,11 @@ def summarize(res: dict) -> dict:
         key = f"sparse_k{row['k']}_over_dense_fwd_bwd"
         out[key] = max(out.get(key, 0.0), row["sparse_over_dense_fwd_bwd"])  # worst over shapes
         out[f"{key}_S{row['tokens_per_frame']}"] = row["sparse_over_dense_fwd_bwd"]
+    if res.get("short"):  # the kit's pick against the faster of flash and math, worst case over shapes and dtypes
+        out["short_kit_over_best_worst"] = max(row["kit_over_best"] for row in res["short"])
+        for row in res["short"]:
+            if row["kit_pick"] == "math":  # what the pick buys: flash / math
+                out[f"short_flash_over_math_{row['dtype']}_{row['kind']}{row['keys']}"] = row["flash_over_math"]
     fp32 = [row for row in res["block_stack"] if row["dtype"] == "fp32"]
     if fp32:  # the first variant is the headline; the best one is reported beside it
         # the peak behind the headline fraction: matmuls timed in the same rounds as the stack
@@ -297,9 +352,10 @@ def summarize(res: dict) -> dict:
 
 REQUIRED = {  # every key of attention.bench, by section ("" = top level)
     "": ["device", "threads", "repeats", "warmup", "min_seconds", "max_repeats", "matmul_n",
-         "shapes", "sparse", "block_stack"],
+         "shapes", "sparse", "short", "block_stack"],
     "shapes": ["batch", "width", "mlp_ratio", "frames", "tokens_per_frame", "head_dims"],
     "sparse": ["k", "batch", "width", "frames", "tokens_per_frame", "head_dim", "flex"],
+    "short": ["tokens", "heads", "head_dim", "self_lengths", "cross_queries", "cross_keys"],
     "block_stack": ["depth", "width", "heads", "mlp_ratio", "frames", "tokens_per_frame", "batch", "variants",
                     "bf16"],
 }

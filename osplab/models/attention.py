@@ -19,7 +19,8 @@ Backends (all exact; they differ in speed only):
             temporal fold the other axis into the batch; sparse skips the masked frames exactly
             (attention_sparse: split-KV (one flash call + batched matmuls) on CPU, gather + SDPA on other devices).
             SDPA picks its kernel by device and dtype (flash / memory-efficient on CUDA, bf16 under
-            autocast); nothing here requires a GPU or bf16.
+            autocast); nothing here requires a GPU or bf16. One exception to SDPA's own pick, in `sdpa`:
+            on the CPU, calls with few keys (cpu_math_max_keys) take the math kernel.
   compiled  torch.compile of the whole attention op (qkv projection, layout reshapes, QK-norm,
             sparse gathers, SDPA, output projection). SDPA stays one extern kernel inside the
             graph; inductor fuses what is around it. One graph per (shape, layout), shared by all
@@ -36,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from osplab.models.attention_sparse import flex_attention_layout, sparse_temporal_sdpa
 from osplab.models.rope import apply_rope
@@ -81,6 +83,32 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return scores.softmax(dim=-1) @ v
 
 
+# PyTorch's CPU flash kernel works in key blocks of fixed size; with few keys its forward + backward
+# costs more than the plain math kernel's: in bf16 1.4-2.2x with 64-128 keys and 2.8-3.8x with the
+# DiT's ~20 text keys; in fp32 the two are within 15% of each other up to 256 keys, except that with
+# ~20 keys math is 1.2-1.6x faster. From 256 keys on flash wins in bf16. The DiT's tokens (64-128 per
+# clip) and text (~20) sit in that range: on an AVX-512-bf16 CPU this cut its training step by ~20%.
+# `bench_attention` re-measures it (reports/attention.md, "Short sequences").
+CPU_MATH_MAX_KEYS = 128  # bf16 / fp16
+CPU_MATH_MAX_KEYS_FP32 = 32
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """F.scaled_dot_product_attention (q: (..., L, D), k, v: (..., Lk, D)) with one kernel choice of
+    our own: on the CPU, Lk <= CPU_MATH_MAX_KEYS in bf16/fp16 or Lk <= CPU_MATH_MAX_KEYS_FP32 in fp32
+    -> the math kernel (the same result up to rounding). Elsewhere, and inside torch.compile
+    (inductor chooses there), SDPA's own pick."""
+    if q.device.type == "cpu" and not torch.compiler.is_compiling() and k.shape[-2] <= cpu_math_max_keys(q.dtype):
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def cpu_math_max_keys(dtype: torch.dtype) -> int:
+    """Most keys for which `sdpa` takes the math kernel on the CPU at this dtype."""
+    return CPU_MATH_MAX_KEYS if dtype in (torch.bfloat16, torch.float16) else CPU_MATH_MAX_KEYS_FP32
+
+
 def sdpa_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, sparse_k: int | None
 ) -> torch.Tensor:
@@ -89,15 +117,15 @@ def sdpa_attention(
     B, H, T, S, D = q.shape
     if layout == "full":
         flat = lambda x: rearrange(x, "b h t s d -> b h (t s) d")  # noqa: E731
-        out = F.scaled_dot_product_attention(flat(q), flat(k), flat(v))
+        out = sdpa(flat(q), flat(k), flat(v))
         return rearrange(out, "b h (t s) d -> b h t s d", t=T)
     if layout == "spatial":  # each frame is an independent sequence of S tokens
         fold = lambda x: rearrange(x, "b h t s d -> (b t) h s d")  # noqa: E731
-        out = F.scaled_dot_product_attention(fold(q), fold(k), fold(v))
+        out = sdpa(fold(q), fold(k), fold(v))
         return rearrange(out, "(b t) h s d -> b h t s d", b=B)
     if layout == "temporal":  # each spatial position is an independent sequence of T tokens
         fold = lambda x: rearrange(x, "b h t s d -> (b s) h t d")  # noqa: E731
-        out = F.scaled_dot_product_attention(fold(q), fold(k), fold(v))
+        out = sdpa(fold(q), fold(k), fold(v))
         return rearrange(out, "(b s) h t d -> b h t s d", b=B)
     return sparse_temporal_sdpa(q, k, v, sparse_k)
 

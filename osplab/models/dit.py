@@ -29,11 +29,10 @@ from typing import Mapping
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-from osplab.models.attention import BACKENDS, MODULE_LAYOUTS, check_choice, check_sparse_k
+from osplab.models.attention import BACKENDS, MODULE_LAYOUTS, check_choice, check_sparse_k, sdpa
 from osplab.models.blocks import DiTBlock, modulate, per_frame
 from osplab.models.embeddings import PatchEmbed3D, TextConditioner, TimestepEmbedder, axis_dims, sincos_3d
 from osplab.models.rope import rope_rotation
@@ -147,8 +146,7 @@ class CrossAttention(nn.Module):
         T = x.shape[1]
         q = rearrange(self.q(x), "b t s (h d) -> b h (t s) d", h=self.heads)  # (B, H, N, D)
         k, v = rearrange(self.kv(ctx), "b l (two h d) -> two b h l d", two=2, h=self.heads).unbind(0)  # (B, H, L, D)
-        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v,
-                                             attn_mask=mask[:, None, None, :])  # (B, H, N, D)
+        out = sdpa(self.q_norm(q), self.k_norm(k), v, attn_mask=mask[:, None, None, :])  # (B, H, N, D)
         return self.proj(rearrange(out, "b h (t s) d -> b t s (h d)", t=T))  # (B, T, S, W)
 
 
