@@ -293,12 +293,16 @@ def test_module_under_bf16_autocast_stays_close_to_fp32(layout):
     torch.testing.assert_close(out.float(), mods["eager"](x), atol=2e-2, rtol=2e-2)
 
 
-def _sdpa_kernels(q, k, v, mask=None) -> set[str]:
-    """The aten SDPA kernels that `sdpa` forward + backward ran (profiler op names)."""
+def _sdpa_kernels(q, k, v, mask=None, backward=True) -> set[str]:
+    """The aten SDPA kernels that `sdpa` ran (profiler op names), forward + backward or forward alone."""
     from torch.profiler import profile
 
     with profile() as prof:
-        sdpa(q, k, v, attn_mask=mask).float().sum().backward()
+        if backward:
+            sdpa(q, k, v, attn_mask=mask).float().sum().backward()
+        else:
+            with torch.no_grad():
+                sdpa(q, k, v, attn_mask=mask)
     return {e.name for e in prof.events() if "_scaled_dot_product" in e.name}
 
 
@@ -306,7 +310,7 @@ def _sdpa_kernels(q, k, v, mask=None) -> set[str]:
                                                (CPU_MATH_MAX_KEYS + 1, torch.bfloat16, False),
                                                (CPU_MATH_MAX_KEYS_FP32, torch.float32, True),
                                                (CPU_MATH_MAX_KEYS_FP32 + 1, torch.float32, False)])
-def test_sdpa_takes_the_math_kernel_only_for_few_keys_on_cpu(keys, dtype, math):
+def test_sdpa_takes_the_math_kernel_only_for_few_keys_with_a_backward_on_cpu(keys, dtype, math):
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(2, 2, 48, 16, generator=gen)
     k, v = (torch.randn(2, 2, keys, 16, generator=gen) for _ in range(2))
@@ -316,6 +320,9 @@ def test_sdpa_takes_the_math_kernel_only_for_few_keys_on_cpu(keys, dtype, math):
     kernels = _sdpa_kernels(*leaves, mask)
     assert ("aten::_scaled_dot_product_attention_math" in kernels) == math, kernels
     assert any("flash" in name for name in kernels) != math, kernels
+    # without grad (sampling) the flash forward is the faster one: never math
+    no_grad_kernels = _sdpa_kernels(*leaves, mask, backward=False)
+    assert "aten::_scaled_dot_product_attention_math" not in no_grad_kernels and any("flash" in n for n in no_grad_kernels)
     # the same attention as float64 SDPA, forward and backward, up to the dtype's rounding
     ref = [x.double().clone().requires_grad_() for x in (q, k, v)]
     F.scaled_dot_product_attention(*ref, attn_mask=mask).sum().backward()

@@ -151,13 +151,15 @@ def test_smoke_run_writes_report_plot_and_metrics(tmp_path, monkeypatch):
     assert metrics["compiled_over_sdpa_worst"] == max(r["compiled_over_sdpa"] for r in res["dense"])
     assert len(res["dense"]) == 1 and len(res["sparse"]) == 1 and len(res["block_stack"]) == 2
     assert res["block_stack"][0]["flops_per_step"] == 3 * block_stack_flops(1, 16, 4, 2, 4, 2)
-    # short sequences: fp32 and bf16 x (self 8, self 130, cross 8 -> 6); math for <= 32 keys (fp32), <= 128 (bf16)
-    picks = [(r["dtype"], r["kind"], r["keys"], r["kit_pick"]) for r in res["short"]]
-    assert picks == [("float32", "self", 8, "math"), ("float32", "self", 130, "flash"), ("float32", "cross", 6, "math"),
-                     ("bfloat16", "self", 8, "math"), ("bfloat16", "self", 130, "flash"), ("bfloat16", "cross", 6, "math")]
-    assert metrics["short_kit_over_best_worst"] == max(r["kit_over_best"] for r in res["short"])
+    # short sequences: fp32 and bf16 x (self 8, self 130, cross 8 -> 6); with a backward math for <= 32 keys (fp32),
+    # <= 128 (bf16); without grad always SDPA's own pick (flash)
+    picks = [(r["dtype"], r["kind"], r["keys"], r["fwd_bwd"]["kit_pick"], r["fwd"]["kit_pick"]) for r in res["short"]]
+    assert picks == [("float32", "self", 8, "math", "flash"), ("float32", "self", 130, "flash", "flash"),
+                     ("float32", "cross", 6, "math", "flash"), ("bfloat16", "self", 8, "math", "flash"),
+                     ("bfloat16", "self", 130, "flash", "flash"), ("bfloat16", "cross", 6, "math", "flash")]
+    assert metrics["short_kit_over_best_worst"] == max(r[m]["kit_over_best"] for r in res["short"] for m in ("fwd", "fwd_bwd"))
     assert {k for k in metrics if k.startswith("short_flash_over_math")} == {
-        f"short_flash_over_math_{dt}_{kind}" for dt in ("float32", "bfloat16") for kind in ("self8", "cross6")}
+        f"short_flash_over_math_fwd_bwd_{dt}_{kind}" for dt in ("float32", "bfloat16") for kind in ("self8", "cross6")}
     report = paths[0].read_text()
     assert "| cross | bfloat16 | 4 x 2 | 8 | 6 |" in report  # batch = 32 tokens / 8 queries
     assert "| 2 | 4 | 8 | 2 | 1 |" in report  # the dense row T=2, S=4, D=8, H=2, B=1

@@ -165,15 +165,17 @@ def bench_sparse(batch, width, frames, tokens, head_dim, k, timing: Timing, flex
 
 
 def bench_short(cfg: dict, dtype: torch.dtype, timing: Timing) -> list[dict]:
-    """The kit's SDPA kernel pick for short sequences (osplab.models.attention.sdpa: on the CPU, few keys
-    (`cpu_math_max_keys` of the dtype) -> the math kernel) against SDPA forced to the flash kernel and
-    to the math kernel, forward + backward, interleaved, at the DiT's lengths: self-attention over
+    """The kit's SDPA kernel pick for short sequences (osplab.models.attention.sdpa: on the CPU, a call
+    with a backward and few keys (`cpu_math_max_keys` of the dtype) -> the math kernel; without grad,
+    SDPA's own pick) against SDPA forced to the flash kernel and to the math kernel, forward + backward
+    and forward alone (no grad, as in sampling), interleaved, at the DiT's lengths: self-attention over
     `self_lengths` tokens (queries = keys) and cross-attention of `cross_queries` tokens to `cross_keys`
     text tokens with a padding mask (the last quarter of the keys masked). A call holds `tokens` queries
     (batch = tokens / queries), like one training step's attention call. CPU kernels only."""
     H, D = cfg["heads"], cfg["head_dim"]
     cases = [("self", n, n) for n in cfg["self_lengths"]] + [("cross", cfg["cross_queries"], cfg["cross_keys"])]
     g = torch.Generator().manual_seed(0)
+    kernels = (("kit", None), ("flash", SDPBackend.FLASH_ATTENTION), ("math", SDPBackend.MATH))
     rows = []
     for kind, lq, lk in cases:
         B = max(1, cfg["tokens"] // lq)
@@ -195,16 +197,18 @@ def bench_short(cfg: dict, dtype: torch.dtype, timing: Timing) -> list[dict]:
             return forced
 
         grad = torch.randn_like(q)
-        fns = {name: fwd_bwd(call(kernel), [q, k, v], grad)
-               for name, kernel in (("kit", None), ("flash", SDPBackend.FLASH_ATTENTION), ("math", SDPBackend.MATH))}
+        fns = {f"{name}_fwd_bwd": fwd_bwd(call(kernel), [q, k, v], grad) for name, kernel in kernels}
+        fns |= {f"{name}_fwd": no_grad(call(kernel)) for name, kernel in kernels}
         times = time_interleaved(fns, timing)
-        ms = {name: 1e3 * median(ts) for name, ts in times.items()}
-        best = min(("flash", "math"), key=ms.get)
-        rows.append({"kind": kind, "dtype": str(dtype).removeprefix("torch."), "batch": B, "heads": H, "head_dim": D,
-                     "queries": lq, "keys": lk, "ms": ms, "best": best,
-                     "kit_pick": "math" if lk <= cpu_math_max_keys(dtype) else "flash",
-                     "kit_over_best": paired_ratio(times["kit"], times[best]),
-                     "flash_over_math": paired_ratio(times["flash"], times["math"])})
+        row = {"kind": kind, "dtype": str(dtype).removeprefix("torch."), "batch": B, "heads": H, "head_dim": D,
+               "queries": lq, "keys": lk, "ms": {name: 1e3 * median(ts) for name, ts in times.items()}}
+        for mode in ("fwd_bwd", "fwd"):
+            t = {name: times[f"{name}_{mode}"] for name, _ in kernels}
+            best = min(("flash", "math"), key=lambda name: median(t[name]))
+            row[mode] = {"kit_pick": "math" if mode == "fwd_bwd" and lk <= cpu_math_max_keys(dtype) else "flash",
+                         "best": best, "kit_over_best": paired_ratio(t["kit"], t[best]),
+                         "flash_over_math": paired_ratio(t["flash"], t["math"])}
+        rows.append(row)
     return rows
 
 
@@ -332,11 +336,13 @@ def summarize(res: dict) -> dict:
         key = f"sparse_k{row['k']}_over_dense_fwd_bwd"
         out[key] = max(out.get(key, 0.0), row["sparse_over_dense_fwd_bwd"])  # worst over shapes
         out[f"{key}_S{row['tokens_per_frame']}"] = row["sparse_over_dense_fwd_bwd"]
-    if res.get("short"):  # the kit's pick against the faster of flash and math, worst case over shapes and dtypes
-        out["short_kit_over_best_worst"] = max(row["kit_over_best"] for row in res["short"])
+    if res.get("short"):  # the kit's pick against the faster of flash and math, worst case over shapes, dtypes, modes
+        out["short_kit_over_best_worst"] = max(row[mode]["kit_over_best"] for row in res["short"]
+                                               for mode in ("fwd_bwd", "fwd"))
         for row in res["short"]:
-            if row["kit_pick"] == "math":  # what the pick buys: flash / math
-                out[f"short_flash_over_math_{row['dtype']}_{row['kind']}{row['keys']}"] = row["flash_over_math"]
+            if row["fwd_bwd"]["kit_pick"] == "math":  # what the pick buys in training: flash / math, fwd+bwd
+                key = f"short_flash_over_math_fwd_bwd_{row['dtype']}_{row['kind']}{row['keys']}"
+                out[key] = row["fwd_bwd"]["flash_over_math"]
     fp32 = [row for row in res["block_stack"] if row["dtype"] == "fp32"]
     if fp32:  # the first variant is the headline; the best one is reported beside it
         # the peak behind the headline fraction: matmuls timed in the same rounds as the stack

@@ -142,18 +142,20 @@ def markdown_report(res: dict) -> str:
         )
     if res.get("short"):
         lines += ["", "### Short sequences: SDPA kernel pick (CPU)", "",
-                  "SDPA forward + backward at the DiT's lengths; `kit` is osplab.models.attention.sdpa, which on "
-                  "the CPU sends calls with few keys (at most 128 in bf16/fp16, 32 in fp32) to the math kernel and "
-                  "everything else to SDPA's own pick (flash); `flash` and `math` force one kernel. Cross: the last quarter of "
-                  "the keys masked (caption padding). Ratios paired per round.", "",
-                  "| kind | dtype | batch x heads | queries | keys | kit ms | flash ms | math ms | kit pick "
-                  "| faster | kit / faster | flash / math |",
-                  "|" + "---|" * 12]
+                  "SDPA at the DiT's lengths, forward + backward (training) and forward alone without grad "
+                  "(sampling). `kit` is osplab.models.attention.sdpa: on the CPU a call with a backward and few keys "
+                  "(at most 128 in bf16/fp16, 32 in fp32) runs the math kernel, everything else SDPA's own pick "
+                  "(flash); `flash` and `math` force one kernel. Cross: the last quarter of the keys masked "
+                  "(caption padding). Times in ms; ratios paired per round.", "",
+                  "| kind | dtype | batch x heads | queries | keys | fwd+bwd kit / flash / math | pick | kit / faster "
+                  "| fwd kit / flash / math | pick | kit / faster |",
+                  "|" + "---|" * 11]
         for r in res["short"]:
             ms = r["ms"]
+            cells = [f"{ms['kit_' + m]:.1f} / {ms['flash_' + m]:.1f} / {ms['math_' + m]:.1f} | {r[m]['kit_pick']} "
+                     f"| {r[m]['kit_over_best']:.2f}" for m in ("fwd_bwd", "fwd")]
             lines.append(f"| {r['kind']} | {r['dtype']} | {r['batch']} x {r['heads']} | {r['queries']} | {r['keys']} "
-                         f"| {ms['kit']:.1f} | {ms['flash']:.1f} | {ms['math']:.1f} | {r['kit_pick']} | {r['best']} "
-                         f"| {r['kit_over_best']:.2f} | {r['flash_over_math']:.2f} |")
+                         f"| {cells[0]} | {cells[1]} |")
     bs = res["settings"]["block_stack"]
     lines += ["", f"### DiT-shaped block stack: {bs['depth']} adaLN blocks, width {bs['width']}, "
               f"{bs['heads']} heads, MLP {bs['mlp_ratio']}x, {bs['frames']}x{bs['tokens_per_frame']} tokens, "

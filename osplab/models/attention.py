@@ -20,7 +20,7 @@ Backends (all exact; they differ in speed only):
             (attention_sparse: split-KV (one flash call + batched matmuls) on CPU, gather + SDPA on other devices).
             SDPA picks its kernel by device and dtype (flash / memory-efficient on CUDA, bf16 under
             autocast); nothing here requires a GPU or bf16. One exception to SDPA's own pick, in `sdpa`:
-            on the CPU, calls with few keys (cpu_math_max_keys) take the math kernel.
+            on the CPU, training calls (with a backward) with few keys take the math kernel.
   compiled  torch.compile of the whole attention op (qkv projection, layout reshapes, QK-norm,
             sparse gathers, SDPA, output projection). SDPA stays one extern kernel inside the
             graph; inductor fuses what is around it. One graph per (shape, layout), shared by all
@@ -83,25 +83,33 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return scores.softmax(dim=-1) @ v
 
 
-# PyTorch's CPU flash kernel works in key blocks of fixed size; with few keys its forward + backward
-# costs more than the plain math kernel's: in bf16 1.4-2.2x with 64-128 keys and 2.8-3.8x with the
-# DiT's ~20 text keys; in fp32 the two are within 15% of each other up to 256 keys, except that with
-# ~20 keys math is 1.2-1.6x faster. From 256 keys on flash wins in bf16. The DiT's tokens (64-128 per
-# clip) and text (~20) sit in that range: on an AVX-512-bf16 CPU this cut its training step by ~20%.
-# `bench_attention` re-measures it (reports/attention.md, "Short sequences").
+# PyTorch's CPU flash kernel has a backward that works in key blocks of fixed size; with few keys a
+# training call (forward + backward) costs more than the plain math kernel's: in bf16 1.6-1.8x with
+# 64-128 keys and about 3x with the DiT's ~20 text keys; in fp32 the two are within 10% up to 128 keys,
+# except that with ~20 keys math is about 1.4x faster. Without a backward, flash wins (its bf16 forward
+# alone is ~1.8x faster than math's at 64-128 keys), so sampling keeps it. The DiT's tokens (64-128 per
+# clip) and text (~20) sit in that range: on an AVX-512-bf16 CPU this took ~10% off `train_dit`.
+# `bench_attention` re-measures all of it (reports/attention.md, "Short sequences").
 CPU_MATH_MAX_KEYS = 128  # bf16 / fp16
 CPU_MATH_MAX_KEYS_FP32 = 32
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """F.scaled_dot_product_attention (q: (..., L, D), k, v: (..., Lk, D)) with one kernel choice of
-    our own: on the CPU, Lk <= CPU_MATH_MAX_KEYS in bf16/fp16 or Lk <= CPU_MATH_MAX_KEYS_FP32 in fp32
-    -> the math kernel (the same result up to rounding). Elsewhere, and inside torch.compile
-    (inductor chooses there), SDPA's own pick."""
-    if q.device.type == "cpu" and not torch.compiler.is_compiling() and k.shape[-2] <= cpu_math_max_keys(q.dtype):
+    our own: on the CPU, when autograd records the call (a backward will follow) and Lk <=
+    `cpu_math_max_keys(dtype)`, the math kernel (the same result up to rounding). Elsewhere, without
+    grad, and inside torch.compile (inductor chooses there), SDPA's own pick."""
+    if uses_cpu_math(q, k, v):
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def uses_cpu_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether `sdpa` sends this call to the math kernel (see CPU_MATH_MAX_KEYS)."""
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return (training and q.device.type == "cpu" and not torch.compiler.is_compiling()
+            and k.shape[-2] <= cpu_math_max_keys(q.dtype))
 
 
 def cpu_math_max_keys(dtype: torch.dtype) -> int:
