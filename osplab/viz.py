@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 
 
@@ -46,6 +48,10 @@ def samples_figure(columns: dict[str, list[np.ndarray]], captions: list[str], ve
     rows = len(captions) * len(names)
     fig, axes = plt.subplots(rows, frames + 1, figsize=(1.25 * frames + 3.2, 1.25 * rows + 0.6), squeeze=False,
                              gridspec_kw={"width_ratios": [1] * frames + [2.6]})
+    # a caption runs across the whole block at 7 pt (about 0.6 x 7 pt per character): wrap what would run off
+    # the figure's right edge; two lines fit in the gap above a block
+    chars = int((fig.get_figwidth() - 0.3) * 72 / (0.6 * 7))
+    captions = [textwrap.fill(caption, chars) for caption in captions]
     for c, caption in enumerate(captions):
         for n, name in enumerate(names):
             video, r = columns[name][c], c * len(names) + n
@@ -60,7 +66,8 @@ def samples_figure(columns: dict[str, list[np.ndarray]], captions: list[str], ve
         axes[c * len(names), 0].set_title(caption, fontsize=7, loc="left")
     if title:
         fig.suptitle(title, fontsize=8)
-    top = 1 - 0.75 / fig.get_figheight()  # room for the title and the first caption, in inches
+    lines = captions[0].count("\n") if captions else 0
+    top = 1 - (0.75 + 0.12 * lines) / fig.get_figheight()  # room for the title and the first caption, in inches
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.01, top=top, hspace=0.3, wspace=0.05)
     return fig
 

@@ -200,14 +200,17 @@ def test_logged_metrics_and_throughput(tmp_path: Path, monkeypatch) -> None:
     out, run = _train(tmp_path, "run", monkeypatch, toy, steps=4, log_every=2)
     expected = {"step", "train/loss", "train/lr", "train/grad_norm", "train/mae",
                 "perf/samples_per_s", "perf/gflops_per_s", "perf/gflops_per_s_per_device",
-                "train/nonfinite_steps"}
+                "train/nonfinite_steps", "resumed_from_step", "train_seconds"}
     assert set(out) == expected
     assert out["perf/gflops_per_s"] == pytest.approx(
         out["perf/samples_per_s"] * toy_flops_per_sample(toy) / 1e9)
     assert sorted(read_curve(run, "train/lr")) == [2, 4]
-    # Rerunning a finished run is a no-op that returns the same metrics.
+    # Rerunning a finished run is a no-op that returns the same metrics (and says it resumed at the end).
     again, _ = _train(tmp_path, "run", monkeypatch, toy, steps=4, log_every=2)
-    assert again == out
+    timing = ("resumed_from_step", "train_seconds")
+    assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in out.items() if k not in timing}
+    assert out["resumed_from_step"] == 0 and again["resumed_from_step"] == 4
+    assert again["train_seconds"] == pytest.approx(out["train_seconds"], abs=0.5)
 
 
 def test_toy_flops_per_sample_counts_linear_layers() -> None:
@@ -274,3 +277,16 @@ def test_task_evaluate_is_logged_at_checkpoints_and_changes_nothing(tmp_path: Pa
     wa = read_checkpoint(latest_checkpoint(plain / "checkpoints"))["model"]
     wb = read_checkpoint(latest_checkpoint(tmp_path / "eval" / "checkpoints"))["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_training_seconds_add_up_over_a_resume(tmp_path: Path, monkeypatch) -> None:
+    """A resumed run reports the training time of the whole run, not only of its own process."""
+    first, run = _train(tmp_path, "run", monkeypatch, steps=2)
+    assert first["resumed_from_step"] == 0 and first["train_seconds"] > 0
+    saved = json.loads((latest_checkpoint(run / "checkpoints") / "state.json").read_text())["train_seconds"]
+    assert saved == pytest.approx(first["train_seconds"], abs=0.5)  # the checkpoint is written just before the end
+    second, _ = _train(tmp_path, "run", monkeypatch, steps=4)
+    assert second["resumed_from_step"] == 2
+    assert second["train_seconds"] > saved
+    final = json.loads((latest_checkpoint(run / "checkpoints") / "state.json").read_text())
+    assert final["step"] == 4 and final["train_seconds"] > saved

@@ -37,7 +37,7 @@ from osplab.bench.timing import (
     time_first_call,
     time_interleaved,
 )
-from osplab.models.attention import attention, cpu_math_max_keys, sdpa
+from osplab.models.attention import attention, sdpa, uses_cpu_math
 from osplab.models.attention_sparse import anchor_frames, split_kv_available
 from osplab.models.blocks import BlockStack, DiTBlock
 
@@ -166,7 +166,7 @@ def bench_sparse(batch, width, frames, tokens, head_dim, k, timing: Timing, flex
 
 def bench_short(cfg: dict, dtype: torch.dtype, timing: Timing) -> list[dict]:
     """The kit's SDPA kernel pick for short sequences (osplab.models.attention.sdpa: on the CPU, a call
-    with a backward and few keys (`cpu_math_max_keys` of the dtype) -> the math kernel; without grad,
+    with a backward and few keys (`uses_cpu_math`) -> the math kernel; without grad,
     SDPA's own pick) against SDPA forced to the flash kernel and to the math kernel, forward + backward
     and forward alone (no grad, as in sampling), interleaved, at the DiT's lengths: self-attention over
     `self_lengths` tokens (queries = keys) and cross-attention of `cross_queries` tokens to `cross_keys`
@@ -205,7 +205,9 @@ def bench_short(cfg: dict, dtype: torch.dtype, timing: Timing) -> list[dict]:
         for mode in ("fwd_bwd", "fwd"):
             t = {name: times[f"{name}_{mode}"] for name, _ in kernels}
             best = min(("flash", "math"), key=lambda name: median(t[name]))
-            row[mode] = {"kit_pick": "math" if mode == "fwd_bwd" and lk <= cpu_math_max_keys(dtype) else "flash",
+            with torch.set_grad_enabled(mode == "fwd_bwd"):  # the kit's own rule, as the timed calls met it
+                pick = "math" if uses_cpu_math(q, k, v) else "flash"
+            row[mode] = {"kit_pick": pick,
                          "best": best, "kit_over_best": paired_ratio(t["kit"], t[best]),
                          "flash_over_math": paired_ratio(t["flash"], t["math"])}
         rows.append(row)

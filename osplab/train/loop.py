@@ -311,9 +311,15 @@ def _evaluate(run: _Run) -> dict[str, float]:
 
 
 def _run_steps(run: _Run, batches: Iterator[Any], state: dict[str, Any],
-               monitor: Monitor) -> dict[str, float]:
-    """Optimizer steps from state['step'] to cfg.steps, with logging and checkpoints."""
+               monitor: Monitor) -> tuple[dict[str, float], float]:
+    """Optimizer steps from state['step'] to cfg.steps, with logging and checkpoints.
+
+    Returns the last logged row and the run's training seconds: wall time of the steps, evaluations
+    and checkpoints of this process plus those of the interrupted runs it resumed (kept in every
+    checkpoint), so a resumed run still reports what the whole training cost.
+    """
     cfg = run.cfg
+    started, earlier = time.perf_counter(), float(state.get("train_seconds", 0.0))
     nonfinite = dict(state.get("nonfinite", {"consecutive": 0, "total": 0}))
     row: dict[str, float] = dict(state.get("metrics", {}))
     window = _Window()
@@ -337,14 +343,17 @@ def _run_steps(run: _Run, batches: Iterator[Any], state: dict[str, Any],
             window = _Window()
         if checkpoint:
             extra = {"data": {"global_batch": done}, "nonfinite": nonfinite,
-                     "config": cfg.to_dict(), "metrics": row, "autocast": _autocast_name(run.amp_dtype)}
+                     "config": cfg.to_dict(), "metrics": row, "autocast": _autocast_name(run.amp_dtype),
+                     "train_seconds": earlier + time.perf_counter() - started}
             run.ckpt.save(done, run.model, run.ema, run.optimizer, run.scheduler, extra)
-    return row
+    return row, earlier + time.perf_counter() - started
 
 
 def train(cfg: TrainConfig, task: Task) -> dict[str, float]:
     """Train `task` for cfg.steps optimizer steps, resuming from cfg.out_dir if a checkpoint
-    exists. Returns the last logged metrics (same keys as the dvclive plots) plus 'step'.
+    exists. Returns the last logged metrics (same keys as the dvclive plots) plus 'step',
+    'resumed_from_step' (0 for a fresh run) and 'train_seconds' (wall seconds of training over
+    this run and the interrupted runs it continued; a process's own time undercounts a resumed run).
 
     Works in a plain process or under torchrun/SLURM (one process per device); the process group
     is created here if the launcher describes one. The caller seeds and builds the model first
@@ -360,10 +369,9 @@ def train(cfg: TrainConfig, task: Task) -> dict[str, float]:
     monitor = Monitor(cfg.live_dir, env.is_main, cfg.steps, state["step"], params)
     loader = _loader(run, state.get("data", {}).get("global_batch", state["step"]))
     batches = iter(loader)
-    row = None
     try:
-        row = _run_steps(run, batches, state, monitor)
+        row, seconds = _run_steps(run, batches, state, monitor)
     finally:
         del batches  # shuts DataLoader workers down
         monitor.close()  # also on errors: ends the progress bar and the dvclive run
-    return {"step": float(cfg.steps), **row}
+    return {"step": float(cfg.steps), **row, "resumed_from_step": float(state["step"]), "train_seconds": seconds}
