@@ -23,6 +23,32 @@ def test_scores_depend_on_the_offset_only():
     assert torch.allclose(q[0, 0, 0, 0], q1) and torch.allclose(q.norm(dim=-1), q1.norm().expand(1, 1, 3, 20))
 
 
+def test_rotation_of_channel_pairs_is_complex_multiplication():
+    """Channel pair (2i, 2i+1) times exp(i angle): values against complex float64, and in bf16 (the
+    training dtype) the same bits as the plain pairwise formula, gradients included."""
+    g = torch.Generator().manual_seed(0)
+    rotation = rope_rotation(12, (2, 3, 2))  # (2, T, S, D/2)
+    x = torch.randn(2, 3, 2, 6, 12, generator=g, dtype=torch.float64)
+    angle = torch.atan2(rotation[1], rotation[0]).double()
+    expected = torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (6, 2)).contiguous())
+                                  * torch.polar(torch.ones_like(angle), angle)).flatten(-2)
+    torch.testing.assert_close(apply_rope(x, rotation), expected)
+
+    def pairwise(x, rotation):
+        cos, sin = rotation.to(x.dtype).unbind(0)
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+    a = x.to(torch.bfloat16).requires_grad_()
+    b = a.detach().clone().requires_grad_()
+    out_a, out_b = apply_rope(a, rotation), pairwise(b, rotation)
+    assert torch.equal(out_a, out_b)
+    weight = torch.randn(out_a.shape, generator=g).to(torch.bfloat16)
+    (out_a * weight).sum().backward()
+    (out_b * weight).sum().backward()
+    assert torch.equal(a.grad, b.grad)  # each product and sum is the same IEEE operation
+
+
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="does not fit"):
         apply_rope(torch.zeros(1, 1, 2, 4, 8), rope_rotation(8, (2, 2, 3)))

@@ -40,6 +40,7 @@ def test_train_stage_writes_weights_metrics_and_preview(trained):
         assert np.isfinite(metrics[key]), key
     assert 0 < metrics["codebook_usage"] <= 1 and 1 <= metrics["perplexity"] <= 64  # tiny codebook: 64 codes
     assert metrics["val_clips"] == 4 and metrics["train_steps"] == 4
+    assert metrics["resumed_from_step"] == 0 and 0 < metrics["train_seconds"] <= metrics["stage_seconds"]
     assert (trained / "recon.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -54,6 +54,8 @@ def export_and_evaluate(model: VQVAE, cfg, train_cfg: TrainConfig, args, started
                                       f"flicker ratio {metrics['val_flicker_ratio']:.2f} (real clips: 1)")
     save_figure(fig, args.recon)
     metrics.update({"train_steps": train_cfg.steps, "train_loss": train_metrics.get("train/loss"),
+                    "resumed_from_step": train_metrics.get("resumed_from_step"),
+                    "train_seconds": train_metrics.get("train_seconds"),
                     **{f"init_{k}": v for k, v in init.items()}, "stage_seconds": time.perf_counter() - started})
     atomic_write_json(args.metrics, metrics)
     return metrics
