@@ -11,7 +11,7 @@ from osplab.models.testing import inputs, randomize_, small_cfg
 
 def test_scores_depend_on_the_offset_only():
     g = torch.Generator().manual_seed(0)
-    angles = rope_rotation(24, (3, 4, 5))  # (2, T, S, D/2)
+    angles = rope_rotation(24, (3, 4, 5))  # (2, T, S, D)
     q1, k1 = torch.randn(24, generator=g), torch.randn(24, generator=g)
     q = apply_rope(q1.expand(1, 1, 3, 20, 24).contiguous(), angles)
     k = apply_rope(k1.expand(1, 1, 3, 20, 24).contiguous(), angles)
@@ -27,15 +27,17 @@ def test_rotation_of_channel_pairs_is_complex_multiplication():
     """Channel pair (2i, 2i+1) times exp(i angle): values against complex float64, and in bf16 (the
     training dtype) the same bits as the plain pairwise formula, gradients included."""
     g = torch.Generator().manual_seed(0)
-    rotation = rope_rotation(12, (2, 3, 2))  # (2, T, S, D/2)
+    rotation = rope_rotation(12, (2, 3, 2))  # (2, T, S, D)
     x = torch.randn(2, 3, 2, 6, 12, generator=g, dtype=torch.float64)
-    angle = torch.atan2(rotation[1], rotation[0]).double()
+    angle = torch.atan2(rotation[1, ..., 1::2], rotation[0, ..., 0::2]).double()  # (T, S, D/2)
+    assert torch.equal(rotation[0, ..., 0::2], rotation[0, ..., 1::2])
+    assert torch.equal(rotation[1, ..., 0::2], -rotation[1, ..., 1::2])
     expected = torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (6, 2)).contiguous())
                                   * torch.polar(torch.ones_like(angle), angle)).flatten(-2)
     torch.testing.assert_close(apply_rope(x, rotation), expected)
 
     def pairwise(x, rotation):
-        cos, sin = rotation.to(x.dtype).unbind(0)
+        cos, sin = rotation[0, ..., 0::2].to(x.dtype), rotation[1, ..., 1::2].to(x.dtype)  # (T, S, D/2)
         x0, x1 = x[..., 0::2], x[..., 1::2]
         return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
 

@@ -196,7 +196,7 @@ class AttentionOp(nn.Module):
 
 def _op_forward(op: AttentionOp, x: torch.Tensor, backend: str, rope: torch.Tensor | None = None) -> torch.Tensor:
     """AttentionOp body, x: (B, T, S, C) -> (B, T, S, C); a free function so that one compiled
-    graph serves every AttentionOp instance of the same configuration. rope: (2, T, S, D/2) cos and sin
+    graph serves every AttentionOp instance of the same configuration. rope: (2, T, S, D) cos and signed sin
     (osplab.models.rope.rope_rotation) applied to q and k after QK-norm, or None."""
     qkv = rearrange(op.qkv(x), "b t s (three h d) -> three b h t s d", three=3, h=op.heads)  # a view
     q, k, v = qkv.unbind(0)  # each (B, H, T, S, D); unbind's backward is one stack, not 3 zero-fills
@@ -227,7 +227,7 @@ class SpatioTemporalAttention(nn.Module):
         self.ops = nn.ModuleList(AttentionOp(dim, heads, lay, backend, sparse_k, qk_norm) for lay in layouts)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, S, C); rope: (2, T, S, D/2) cos and sin for q and k (osplab.models.rope) or None."""
+        """x: (B, T, S, C); rope: (2, T, S, D) cos and signed sin for q and k (osplab.models.rope) or None."""
         if x.dim() != 4:
             raise ValueError(f"expected tokens (B, T, S, C), got shape {tuple(x.shape)}")
         for op in self.ops:

@@ -258,7 +258,7 @@ class DiT(nn.Module):
             c = self.t_embed(t) + pooled  # (B, W)
         else:  # one noise level per token frame: per-frame modulation
             c = rearrange(self.t_embed(t[:, ::pt].flatten()), "(b t) w -> b t w", t=gt) + pooled[:, None]  # (B, T', W)
-        rope = rope_rotation(self.cfg.width // self.cfg.heads, (gt, gh, gw), x.device) if self.cfg.rope else None  # (2, T', S, D/2)
+        rope = rope_rotation(self.cfg.width // self.cfg.heads, (gt, gh, gw), x.device) if self.cfg.rope else None  # (2, T', S, D)
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, h, c, ctx, ctx_mask, rope, use_reentrant=False)  # (B, T', S, W)

@@ -113,14 +113,12 @@ def _rope_saved(backend: str, layout: str, a: int) -> int:
     """Change, in units of W per token, of what one attention op saves when q and k are rotated
     (RoPE): the rotated q and k are new contiguous tensors, which changes the copies each kernel
     path makes. Measured per path with saved-tensor hooks (tests/test_estimate.py checks them):
-    full / spatial: +3 (rotated q, k and a contiguous v beside the qkv output that stays alive);
-    temporal: 0 and eager: 0 (their q, k, v were copied anyway); sparse: the split-KV kernel no
-    longer copies q and k (-3 in fp32, -2 under bf16 autocast)."""
+    full / spatial: +2 (the rotated q and k, beside the qkv output that stays alive);
+    temporal: 0 and eager: 0 (their q, k, v were copied anyway); sparse: -2 (the split-KV kernel
+    no longer copies q and k)."""
     if backend == "eager" or layout == "temporal":
         return 0
-    if layout == "sparse":
-        return -3 if a == 4 else -2
-    return 3
+    return -2 if layout == "sparse" else 2
 
 
 def _attention_saved(cfg: DiTConfig, layout: str, grid, a: int) -> float:
