@@ -109,7 +109,7 @@ def train_flops(cfg: DiTConfig, latent_thw: tuple[int, int, int], text_len: int)
     return 3 * sum(forward_flops(cfg, latent_thw, text_len).values())
 
 
-def _rope_saved(backend: str, layout: str, a: int) -> int:
+def _rope_saved(backend: str, layout: str) -> int:
     """Change, in units of W per token, of what one attention op saves when q and k are rotated
     (RoPE): the rotated q and k are new contiguous tensors, which changes the copies each kernel
     path makes. Measured per path with saved-tensor hooks (tests/test_estimate.py checks them):
@@ -125,7 +125,7 @@ def _attention_saved(cfg: DiTConfig, layout: str, grid, a: int) -> float:
     """Bytes per token saved by one self-attention op (q/k/v, output and the layout's copies)."""
     T, H, W_ = grid
     S, W, f32 = H * W_, cfg.width, 4
-    rope = _rope_saved(cfg.backend, layout, a) * W * a if cfg.rope else 0
+    rope = _rope_saved(cfg.backend, layout) * W * a if cfg.rope else 0
     if cfg.backend == "eager":  # q, k, v and output copies, and the dense softmax over all N keys
         return 4 * W * a + cfg.heads * T * S * a + rope
     saved = 4 * W * a + cfg.heads * f32 + rope  # q, k, v (views of the qkv output), output; log-sum-exp
