@@ -168,10 +168,16 @@ def _motion_note(g: dict) -> list[str]:
              if g.get(f"caption_accuracy_{v}_motion_px") is not None]
     if not parts:
         return []
+    jumps = [f"{name} {g[f'caption_accuracy_{v}_jump_share']:.1%}" for v, name in names.items()
+             if g.get(f"caption_accuracy_{v}_jump_share") is not None]
+    jumps = (" Jumps (`jump_share`): the share of the named objects' frame-to-frame moves longer than twice the "
+             "fastest caption speed, re-placements that the judge takes out of the track before it reads a "
+             "direction: " + "; ".join(jumps) + ".") if jumps else ""
     return ["Motion (osplab/metrics/judge.py, `motion_px`): how far the named objects travel along their caption's "
-            "axis (median over objects of the 5-95 percentile spread of the centroid); a static object shows its "
-            "jitter, 1-3 px. Direction accuracy near chance with little travel means the objects do not move, "
-            "not that they move the wrong way. " + "; ".join(parts) + "."]
+            "axis (median over objects of the 5-95 percentile spread of the centroid with its jumps taken out); a "
+            "static object shows its jitter, 1-3 px, and a travel under a quarter of the slowest object's path "
+            "(3.75 px in 16 frames) is read as no direction. Direction accuracy near chance with little travel "
+            "means the objects do not move, not that they move the wrong way. " + "; ".join(parts) + "." + jumps]
 
 
 def _caption_use_note(g: dict) -> list[str]:

@@ -111,8 +111,44 @@ def test_direction_is_the_initial_one_when_the_object_bounces():
     assert seen.present and seen.direction == "right" and seen.features["axis"] == "x"
     # a track with jitter on the other axis: the first move larger than 3x the jitter decides
     track = np.array([[10.0, 5.0], [10.1, 5.0], [9.9, 5.0], [10.2, 6.0], [10.0, 7.0], [10.1, 8.0]])
-    assert J.read_direction(track)[0] == "right" and J.read_direction(track[:, ::-1])[0] == "down"
-    assert J.read_direction(track[:1])[0] is None
+    assert J.read_direction(track, 64)[0] == "right" and J.read_direction(track[:, ::-1], 64)[0] == "down"
+    assert J.read_direction(track[:1], 64)[0] is None
+
+
+def test_a_jump_is_not_motion():
+    # a static object re-placed 20 px to the right once (a generated object's jump between latent frames):
+    # the first big displacement would say "right", but a re-placement is not a glide
+    track = np.array([[30.0, 20.0]] * 8 + [[30.0, 40.0]] * 8)
+    track[:, 0] += np.tile([0.0, 0.2], 8)
+    glide, jumps = J.glide_track(track, 64)
+    assert jumps == 1 and np.allclose(glide[:, 1], 20.0)
+    direction, info = J.read_direction(track, 64)
+    assert direction is None and info["jumps"] == 1
+    # the limit scales with the frame: the same track scaled to half the size still jumps; 20 px in one
+    # frame at 512 px (limit 2 x 2 x 8 = 32 px) is a glide
+    assert J.glide_track(track / 2, 32)[1] == 1 and J.glide_track(track, 512)[1] == 0
+    # a glide of 1 px/frame that jumps back by 12 px halfway keeps its glide and its direction
+    glide_then_jump = np.stack([np.full(16, 30.0), 10.0 + np.arange(16) - 12.0 * (np.arange(16) >= 8)], axis=1)
+    glide, jumps = J.glide_track(glide_then_jump, 64)
+    assert jumps == 1 and np.allclose(glide[:, 1], 10.0 + np.arange(16) - 1.0 * (np.arange(16) >= 8))
+    assert J.read_direction(glide_then_jump, 64)[0] == "right"
+    # frames where the object was not found keep their NaN; the limit grows with the frames elapsed
+    gappy = np.array([[5.0, 5.0], [np.nan, np.nan], [np.nan, np.nan], [5.0, 15.0]])
+    glide, jumps = J.glide_track(gappy, 64)
+    assert jumps == 0 and np.isnan(glide[1:3]).all() and glide[3, 1] == 15.0
+
+
+def test_a_wobble_is_not_motion():
+    # 16 frames: the least visible motion is a quarter of the slow object's 15 px path, 3.75 px
+    wobble = np.stack([np.full(16, 30.0), 30.0 + 2.5 * np.arange(16) / 15], axis=1)
+    direction, info = J.read_direction(wobble, 64)
+    assert direction is None and info["min_travel_px"] == 3.75
+    assert J.read_direction(wobble * 2.0, 128)[0] is None          # the same wobble at twice the size
+    assert J.read_direction(wobble * np.array([1.0, 2.0]) - np.array([0.0, 30.0]), 64)[0] == "right"
+    # rendered: a slow object that only creeps 0.15 px per frame has its colour and shape but no direction
+    clip = scene([{"shape": "square", "colour": "green", "size": "large", "start": (30, 30), "step": (0, 0.15)}])
+    verdict = J.judge_clip(clip, "a large green square moves right slowly")
+    assert [f["ok"] for f in verdict.facts] == [True, True, False], verdict.text
 
 
 def test_blocky_degradation_keeps_colour_and_direction(clips):
@@ -196,3 +232,16 @@ def test_motion_px_tells_a_static_object_from_a_moving_one(clips):
     absent = J.judge_clip(clip, "a small blue square moves right quickly").facts[-1]
     assert absent["travel_px"] is None
     assert np.isnan(J.caption_accuracy([J.judge_clip(clip, "a small blue square moves right quickly")])["motion_px"])
+
+
+def test_jump_share_counts_re_placements(clips):
+    # real objects glide: (almost) none of their frame-to-frame moves is a jump
+    real = J.caption_accuracy(J.judge_clips([c.frames for c in clips], [c.caption for c in clips]))
+    assert real["jump_share"] <= 0.01, real["jump_share"]
+    # a still object shown at x = 15 for 8 frames, then at x = 45: one jump in 15 moves, and no direction
+    still = {"shape": "circle", "colour": "blue", "size": "large", "step": (0, 0)}
+    clip = np.concatenate([scene([dict(still, start=(30, 15))])[:8], scene([dict(still, start=(30, 45))])[8:]])
+    verdict = J.judge_clip(clip, "a large blue circle moves right slowly")
+    summary = J.caption_accuracy([verdict])
+    assert summary["jump_share"] == pytest.approx(1 / 15) and [f["ok"] for f in verdict.facts] == [True, True, False]
+    assert verdict.facts[-1]["travel_px"] < 1.0

@@ -29,10 +29,13 @@ def fvd_entry(feats_real, clips: list[np.ndarray], ecfg: dict, i3d, desc: str, p
 
 def judged(clips: list[np.ndarray], captions: list[str], key: str) -> tuple[dict, list[str]]:
     """{key: caption accuracy, key_colour / key_shape / key_direction: per fact kind, key_motion_px: how far
-    the named objects travel along their caption's axis (px; None if none was found)}, verdict lines."""
+    the named objects travel along their caption's axis (px), key_jump_share: the share of their frame-to-frame
+    moves that are jumps (None where no named object was found)}, verdict lines."""
     verdicts = judge_clips(clips, captions)
     summary = caption_accuracy(verdicts)
-    motion = summary["motion_px"]  # NaN when no named object was found: None keeps the metrics file strict JSON
-    scores = {key: summary["caption_accuracy"], f"{key}_motion_px": None if np.isnan(motion) else motion}
+    # NaN when no named object was found: None keeps the metrics file strict JSON
+    strict = {name: None if np.isnan(summary[name]) else summary[name] for name in ("motion_px", "jump_share")}
+    scores = {key: summary["caption_accuracy"], f"{key}_motion_px": strict["motion_px"],
+              f"{key}_jump_share": strict["jump_share"]}
     scores.update({f"{key}_{kind}": summary[f"{kind}_accuracy"] for kind in ("colour", "shape", "direction")})
     return scores, [v.text for v in verdicts]
