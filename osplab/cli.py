@@ -76,7 +76,7 @@ def _sample(args) -> int:
     """`osplab sample CAPTION...`: generate clips with the trained checkpoints and write mp4/gif."""
     import numpy as np
 
-    from osplab.generate import load_generator
+    from osplab.generate import guidance_interval, load_generator
     from osplab.media import write_video
     from osplab.tasks.dit import checkpoint_path
 
@@ -90,7 +90,8 @@ def _sample(args) -> int:
         height, width = args.size
         videos = gen.generate(args.captions, args.frames, height, width, steps, cfg_scale, args.seed,
                               sampler=args.sampler, snap=bool(sample.snap_to_codebook), progress=True,
-                              precision=str(sample.precision))
+                              precision=str(sample.precision),
+                              cfg_interval=guidance_interval(sample) if args.cfg_interval is None else args.cfg_interval)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -149,6 +150,9 @@ def _main(argv: list[str] | None) -> int:
     smp.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="pixels")
     smp.add_argument("--steps", type=int, default=None, help="sampler steps (default: diffusion.sample)")
     smp.add_argument("--cfg", type=float, default=None, help="guidance scale (default: diffusion.sample.cfg)")
+    smp.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                     help="guide only at noise levels (RF times) in [LO, HI]; 0 1 = every step "
+                          "(default: diffusion.sample.cfg_interval)")
     smp.add_argument("--sampler", default=None, help="euler|heun (rf) or ancestral|ddim (ddpm)")
     smp.add_argument("--objective", default="rf", choices=["rf", "ddpm"], help="which trained DiT")
     smp.add_argument("--dit", default=None, help="DiT checkpoint (default: <diffusion.checkpoints>/dit_<objective>.safetensors)")

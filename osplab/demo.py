@@ -31,7 +31,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from osplab.generate import Generator, load_generator
+from osplab.generate import Generator, guidance_interval, load_generator
 
 # page label -> (objective of the checkpoint, sampler name of osplab.generate)
 SAMPLERS = {"RF Euler": ("rf", "euler"), "RF Heun": ("rf", "heun"),
@@ -176,7 +176,8 @@ class DemoBackend:
                 warnings.simplefilter("always")
                 video = gen.generate([caption], f, h, w, steps, float(cfg_scale), seed, sampler=name,
                                      snap=bool(self.cfg.diffusion.sample.snap_to_codebook), progress=progress,
-                                     precision=str(self.cfg.diffusion.sample.precision))[0]
+                                     precision=str(self.cfg.diffusion.sample.precision),
+                                     cfg_interval=guidance_interval(self.cfg.diffusion.sample))[0]
         finally:
             hook.remove()
         seconds = time.perf_counter() - started
@@ -188,10 +189,16 @@ class DemoBackend:
         notes = [f"> ⚠️ {warning.message}" for warning in caught if issubclass(warning.category, UserWarning)]
         info = "\n".join([
             f"**{seconds:.1f} s** on {'CPU' if next(gen.dit.parameters()).device.type == 'cpu' else 'GPU'}: "
-            f"{f} frames at {h}x{w}, {sampler}, {steps} steps, guidance {float(cfg_scale):g}, seed {seed}",
+            f"{f} frames at {h}x{w}, {sampler}, {steps} steps, guidance {float(cfg_scale):g}"
+            f"{guidance_note(guidance_interval(self.cfg.diffusion.sample))}, seed {seed}",
             "", "Reproduce from the command line (same checkpoints and params.yaml):", "",
             f"```\n{command}\n```", *notes])
         return Result(str(path), info, seconds, f)
+
+
+def guidance_note(interval: tuple[float, float] | None) -> str:
+    """' at noise levels 0.7-1' for a guidance interval, '' when guidance runs at every step."""
+    return "" if interval is None else f" at noise levels {interval[0]:g}-{interval[1]:g}"
 
 
 def build_app(backend: DemoBackend):

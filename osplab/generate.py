@@ -97,8 +97,11 @@ class Generator:
     @torch.no_grad()
     def sample_latents(self, captions: list[str], shape: tuple[int, int, int, int], steps: int, cfg_scale: float,
                        sampler: str | None, seed: int, progress: bool = False, precision: str = "fp32",
-                       frame_lag: float = 0.0) -> torch.Tensor:
+                       frame_lag: float = 0.0, cfg_interval: tuple[float, float] | None = None) -> torch.Tensor:
         """Normalised latents (N, C, t, h, w) for `captions`, noise from `seed`.
+
+        cfg_interval (`diffusion.sample.cfg_interval`): guide only while the noise level, as an RF time,
+        is in [lo, hi] (osplab.diffusion.guidance.cfg; DDPM steps by `ddpm_noise_level`); None: every step.
 
         precision (`diffusion.sample.precision`): fp32, bf16 or auto (bf16 on a GPU that has it) for the
         DiT's matmuls under autocast; the sampler's state and arithmetic stay fp32 either way."""
@@ -108,8 +111,9 @@ class Generator:
         # checkpoints written before the noise prior existed were trained with independent frames
         rho = float(d.get("noise_frame_corr", 0.0))
         noise = video_noise((len(captions), *shape), rho, gen)
-        fn = guided(with_precision(self.dit, precision, noise.device), text, mask, cfg_scale)
+        model = with_precision(self.dit, precision, noise.device)
         if self.meta["objective"] == "rf":
+            fn = guided(model, text, mask, cfg_scale, cfg_interval)
             rf = d["rf"]
             # checkpoints written before x0 prediction existed predict the velocity (and have no t_min)
             prediction = str(rf.get("prediction", "velocity"))
@@ -118,6 +122,7 @@ class Generator:
             return rectified_flow.sample(fn, noise, steps, sampler or "euler", shift=float(rf["shift"]),
                                          progress=progress, frame_lag=frame_lag, frame_group=self.dit.cfg.patch[0])
         ddpm = make_ddpm(d["ddpm"])
+        fn = guided(model, text, mask, cfg_scale, cfg_interval, noise_level=ddpm_noise_level(ddpm))
         return ddpm.sample(fn, noise, steps, sampler or "ancestral", generator=gen, progress=progress,
                            spacing=d["ddpm"]["spacing"], frame_corr=rho)
 
@@ -129,13 +134,41 @@ class Generator:
 
     def generate(self, captions: list[str], frames: int, height: int, width: int, steps: int, cfg_scale: float,
                  seed: int, sampler: str | None = None, snap: bool = True, progress: bool = False,
-                 precision: str = "fp32", frame_lag: float = 0.0) -> np.ndarray:
-        """uint8 videos (N, frames, height, width, 3) for `captions` (see `sample_latents` for precision)."""
+                 precision: str = "fp32", frame_lag: float = 0.0,
+                 cfg_interval: tuple[float, float] | None = None) -> np.ndarray:
+        """uint8 videos (N, frames, height, width, 3) for `captions` (see `sample_latents` for precision
+        and cfg_interval)."""
         if not steps >= 1:
             raise ValueError(f"steps={steps} must be >= 1")
         shape = self.latent_shape(frames, height, width)
-        x = self.sample_latents(captions, shape, steps, cfg_scale, sampler, seed, progress, precision, frame_lag)
+        x = self.sample_latents(captions, shape, steps, cfg_scale, sampler, seed, progress, precision, frame_lag,
+                                cfg_interval)
         return self.decode(x, snap)
+
+
+def ddpm_noise_level(ddpm):
+    """Model time t = i / T of `ddpm` (B,) -> the rectified-flow time of the same signal-to-noise ratio (B,):
+    x_i = a x0 + s noise is (a + s) times the RF point with t = s / (a + s), where a = sqrt(alpha_bar_i),
+    s = sqrt(1 - alpha_bar_i) (1 at zero terminal SNR). Lets `diffusion.sample.cfg_interval` name one noise
+    band for both objectives."""
+    alpha_bar = ddpm.alphas_cumprod
+
+    def level(t: torch.Tensor) -> torch.Tensor:
+        i = (t.double().cpu() * ddpm.num_train_timesteps).round().long().clamp(0, len(alpha_bar) - 1)
+        a, s = alpha_bar[i].sqrt(), (1 - alpha_bar[i]).sqrt()
+        return (s / (a + s)).to(device=t.device, dtype=torch.float32)
+
+    return level
+
+
+def guidance_interval(sample_cfg) -> tuple[float, float] | None:
+    """`diffusion.sample.cfg_interval` as (lo, hi) model times, or None (guide every step)."""
+    value = sample_cfg.cfg_interval
+    if value is None:
+        return None
+    if len(value) != 2:
+        raise ValueError(f"diffusion.sample.cfg_interval must be null or [lo, hi]; got {list(value)}")
+    return float(value[0]), float(value[1])
 
 
 def with_precision(model, precision: str, device: torch.device):

@@ -195,18 +195,49 @@ def test_generate_shapes_warnings_and_bad_sizes(pipeline: Path) -> None:
         gen.generate([" "], 8, 32, 32, steps=1, cfg_scale=1.0, seed=0)
 
 
+def test_guidance_interval_reaches_the_sampler(pipeline: Path) -> None:
+    """RF Euler evaluates the model at t = 1 first and never at t = 0: an interval holding every step is full
+    guidance, one holding none is the conditional model, one holding the first step only lands in between."""
+    from osplab.generate import guidance_interval, load_generator
+    from osplab.models.testing import randomize_
+
+    cfg = load_params(pipeline / "params.yaml")
+    gen = load_generator(pipeline / "checkpoints/smoke/dit_rf.safetensors", pipeline / "checkpoints/smoke/vqvae.safetensors",
+                         cfg.text)
+    randomize_(gen.dit)  # the smoke DiT barely reads its caption yet (adaLN-Zero after a few steps)
+    shape, caption = gen.latent_shape(16, 32, 32), ["a small red circle moves left slowly"]
+
+    def latents(scale, interval):
+        return gen.sample_latents(caption, shape, 4, scale, None, 0, cfg_interval=interval)
+
+    full, plain = latents(3.0, None), latents(1.0, None)
+    assert (full - plain).abs().max() > 1e-3  # guidance changes the sample, so the equalities below mean something
+    assert torch.equal(latents(3.0, (0.0, 1.0)), full)
+    assert torch.equal(latents(3.0, (0.0, 0.0)), plain)
+    part = latents(3.0, (0.99, 1.0))
+    assert not torch.equal(part, full) and not torch.equal(part, plain)
+    assert guidance_interval(OmegaConf.create({"cfg_interval": None})) is None
+    assert guidance_interval(OmegaConf.create({"cfg_interval": [0.7, 1]})) == (0.7, 1.0)
+    with pytest.raises(ValueError, match=r"null or \[lo, hi\]"):
+        guidance_interval(OmegaConf.create({"cfg_interval": [0.7]}))
+
+
 def test_cli_writes_a_playable_mp4(pipeline: Path) -> None:
     from osplab.media import read_video
 
     out = pipeline / "clip.mp4"
     proc = run(["-m", "osplab.cli", "sample", "a small green square moves up quickly", "--frames", "16",
-                "--size", "32", "32", "--steps", "3", "--cfg", "4", "--upscale", "2", "--out", str(out)], pipeline)
+                "--size", "32", "32", "--steps", "3", "--cfg", "4", "--cfg-interval", "0.7", "1", "--upscale", "2",
+                "--out", str(out)], pipeline)
     assert f"wrote {out}" in proc.stdout
     video = read_video(out)
     assert video.shape == (16, 64, 64, 3)
     bad = run(["-m", "osplab.cli", "sample", "x", "--frames", "10", "--out", str(pipeline / "bad.mp4")], pipeline,
               check=False)
     assert bad.returncode == 2 and "nearest valid frames" in bad.stderr and not (pipeline / "bad.mp4").exists()
+    bad = run(["-m", "osplab.cli", "sample", "x", "--cfg-interval", "0.9", "0.5", "--out", str(pipeline / "bad.mp4")],
+              pipeline, check=False)
+    assert bad.returncode == 2 and "0 <= lo <= hi <= 1" in bad.stderr and not (pipeline / "bad.mp4").exists()
 
 
 def test_train_dit_rerun_resumes_and_a_changed_setting_starts_afresh(pipeline: Path, tmp_path: Path) -> None:

@@ -78,3 +78,70 @@ def test_samplers_drive_a_guided_backbone_on_latent_video_shapes(sampler, calls_
     model.calls.clear()
     out = DDPM(1000, "linear", "v").sample(fn, x, 5, "ancestral", generator=torch.Generator().manual_seed(1))
     assert out.shape == x.shape and model.calls == [6] * 5
+
+
+def test_guidance_interval_guides_inside_and_runs_the_conditional_model_outside():
+    torch.manual_seed(0)
+    model = CountingBackbone()
+    x, _, text, mask = _inputs()
+    fn = cfg(model, text, mask, 4.0, interval=(0.5, 0.9))
+    full = cfg(model, text, mask, 4.0)
+    for level, guided in ((0.7, True), (0.5, True), (0.9, True), (0.3, False), (0.95, False)):
+        t = torch.full((3,), level)
+        model.calls.clear()
+        out = fn(x, t)
+        assert model.calls == ([6] if guided else [3])  # outside: no unconditional pass at all
+        reference = full(x, t) if guided else model(x, t, text, mask)
+        assert torch.equal(out, reference)
+    # per-sample times across an edge: each sample gets its own rule (the mean over frames when per frame)
+    t = torch.tensor([0.2, 0.6, 0.95])
+    out = fn(x, t)
+    for b, guided in enumerate((False, True, False)):
+        reference = (full if guided else cfg(model, text, mask, 1.0))(x, t)
+        torch.testing.assert_close(out[b], reference[b])
+    # per-frame times (B, T): a sample is guided when its mean time is inside
+    def per_frame_model(x, t, text, mask):
+        return model(x, t.mean(1), text, mask)
+
+    per_frame = torch.tensor([[0.4, 0.8], [0.1, 0.2], [0.9, 1.0]])  # means 0.6 (in), 0.15 (out), 0.95 (out)
+    out = cfg(per_frame_model, text, mask, 4.0, interval=(0.5, 0.9))(x, per_frame)
+    means = per_frame.mean(1)
+    torch.testing.assert_close(out[0], full(x, means)[0])
+    torch.testing.assert_close(out[1:], model(x, means, text, mask)[1:])
+
+
+def test_guidance_interval_bad_values():
+    model = CountingBackbone()
+    _, _, text, mask = _inputs()
+    for bad in ((0.9, 0.5), (-0.1, 0.5), (0.5, 1.2)):
+        with pytest.raises(ValueError, match="0 <= lo <= hi <= 1"):
+            cfg(model, text, mask, 2.0, interval=bad)
+
+
+def test_ddpm_noise_level_is_the_rf_time_of_the_same_snr():
+    from osplab.diffusion import rectified_flow as rf
+    from osplab.diffusion.ddpm import DDPM
+    from osplab.generate import ddpm_noise_level
+
+    ddpm = DDPM(1000, "linear", "v", zero_terminal_snr=True)
+    level = ddpm_noise_level(ddpm)
+    i = torch.tensor([0, 100, 400, 700, 999])
+    t = level(ddpm.model_time(i))
+    assert torch.all(t[1:] > t[:-1]) and t[-1] == 1.0  # more noise, later RF time; zero terminal SNR = pure noise
+    # the DDPM point, divided by (a + s), is the RF interpolation at t: same x0 and noise, same mixture
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    ab = ddpm.alphas_cumprod[i]
+    a, s = ab.sqrt()[:, None], (1 - ab).sqrt()[:, None]
+    torch.testing.assert_close(ddpm.add_noise(x0, noise, i) / (a + s), rf.interpolate(x0, noise, t.double()))
+    # the interval reads that level: a DDPM step at RF time about 0.9 is guided by (0.8, 1), one at 0.25 is not
+    levels = level(ddpm.model_time(torch.arange(1000)))
+    inside, outside = int(torch.nonzero(levels > 0.9)[0]), 100
+    assert 0.8 < levels[inside] < 1.0 and levels[outside] < 0.8 and ddpm.model_time(torch.tensor(inside)) < 0.8
+    model = CountingBackbone()
+    x, _, text, mask = _inputs()
+    fn = cfg(model, text, mask, 4.0, interval=(0.8, 1.0), noise_level=level)
+    for index, guided in ((inside, True), (outside, False)):
+        model.calls.clear()
+        fn(x, ddpm.model_time(torch.full((3,), index)))
+        assert model.calls == ([6] if guided else [3])

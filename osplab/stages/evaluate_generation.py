@@ -42,6 +42,7 @@ from osplab.bench.quantization import decode_twice
 from osplab.bench.timing import Timing
 from osplab.config import load_params
 from osplab.data.clips import ClipDataset
+from osplab.generate import guidance_interval
 from osplab.io import atomic_write_json
 from osplab.metrics.generated import fvd_entry, judged
 from osplab.metrics.sanity import fvd_window, usable_clips
@@ -52,12 +53,13 @@ from osplab.viz import samples_figure, save_figure
 
 
 def one_clip_seconds(gen, caption: str, steps: int, cfg_scale: float, repeats: int, snap: bool,
-                     precision: str) -> float:
+                     precision: str, cfg_interval: tuple[float, float] | None = None) -> float:
     """Median seconds to make one 16-frame 64x64 clip (text encoding, sampling, decoding)."""
     times = []
     for k in range(repeats + 1):
         t0 = time.perf_counter()
-        gen.generate([caption], 16, 64, 64, steps, cfg_scale, seed=k, snap=snap, precision=precision)
+        gen.generate([caption], 16, 64, 64, steps, cfg_scale, seed=k, snap=snap, precision=precision,
+                     cfg_interval=cfg_interval)
         times.append(time.perf_counter() - t0)
     return float(np.median(times[1:]))  # the first call warms up
 
@@ -94,7 +96,8 @@ def speed(cfg, gen, captions: list[str]) -> dict:
     fp32 matmul rate."""
     s, b = cfg.diffusion.sample, cfg.diffusion.evaluate.bench
     seconds = one_clip_seconds(gen, captions[0], int(s.rf_steps), float(s.cfg),
-                               int(cfg.diffusion.evaluate.timing_repeats), bool(s.snap_to_codebook), str(s.precision))
+                               int(cfg.diffusion.evaluate.timing_repeats), bool(s.snap_to_codebook), str(s.precision),
+                               guidance_interval(s))
     bench = dit_step_fraction(gen.dit, gen.latent_shape(16, 64, 64)[1:], int(cfg.train_dit.global_batch),
                               gen.text.encode(captions[:1])[0].shape[1],
                               Timing(int(b.repeats), int(b.warmup), float(b.min_seconds), int(b.max_repeats)),

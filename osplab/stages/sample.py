@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from osplab.config import load_params
 from osplab.data.clips import ClipDataset
 from osplab.data.store import write_store
-from osplab.generate import Generator, load_generator
+from osplab.generate import Generator, guidance_interval, load_generator
 from osplab.io import atomic_write_json
 from osplab.media import write_gif, write_mp4
 from osplab.metrics.sanity import usable_clips, window_length
@@ -76,7 +76,8 @@ def generate_set(gen: Generator, cfg, ds: ClipDataset, indices: list[int], progr
             videos = gen.generate([r["caption"] for r in rows], frames, h, w, steps, float(s.cfg),
                                   int(s.seed) + batch_no, sampler=sampler, snap=bool(s.snap_to_codebook),
                                   progress=progress, precision=str(s.precision),
-                                  frame_lag=float(s.frame_lag) if rf else 0.0)
+                                  frame_lag=float(s.frame_lag) if rf else 0.0,
+                                  cfg_interval=guidance_interval(s))
             batch_no += 1
             for r, video in zip(rows, videos):
                 yield "sample", video, {"id": r["id"], "caption": r["caption"]}
