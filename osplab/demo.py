@@ -164,6 +164,7 @@ class DemoBackend:
             f, h, w = self._shapes[shape]
         steps, seed = int(steps), int(seed)
         self._cancel.clear()
+        interval = guidance_interval(self.cfg.diffusion.sample)  # None: guidance at every step
 
         def check_cancel(module, args):
             if self._cancel.is_set():
@@ -177,7 +178,7 @@ class DemoBackend:
                 video = gen.generate([caption], f, h, w, steps, float(cfg_scale), seed, sampler=name,
                                      snap=bool(self.cfg.diffusion.sample.snap_to_codebook), progress=progress,
                                      precision=str(self.cfg.diffusion.sample.precision),
-                                     cfg_interval=guidance_interval(self.cfg.diffusion.sample))[0]
+                                     cfg_interval=interval)[0]
         finally:
             hook.remove()
         seconds = time.perf_counter() - started
@@ -190,7 +191,7 @@ class DemoBackend:
         info = "\n".join([
             f"**{seconds:.1f} s** on {'CPU' if next(gen.dit.parameters()).device.type == 'cpu' else 'GPU'}: "
             f"{f} frames at {h}x{w}, {sampler}, {steps} steps, guidance {float(cfg_scale):g}"
-            f"{guidance_note(guidance_interval(self.cfg.diffusion.sample))}, seed {seed}",
+            f"{guidance_note(interval)}, seed {seed}",
             "", "Reproduce from the command line (same checkpoints and params.yaml):", "",
             f"```\n{command}\n```", *notes])
         return Result(str(path), info, seconds, f)

@@ -200,3 +200,10 @@ def test_real_browser_generates_a_playable_video(server, backend, tmp_path):
     assert read_video(tmp_path / "page.mp4").shape == (frames, 4 * height, 4 * width, 3)
     (REPO / "reports").mkdir(exist_ok=True)
     (REPO / "reports/demo.png").write_bytes(screenshot)
+
+
+def test_guidance_note_names_the_band_only_when_there_is_one():
+    from osplab.demo import guidance_note
+
+    assert guidance_note(None) == ""
+    assert guidance_note((0.7, 1.0)) == " at noise levels 0.7-1"
