@@ -44,6 +44,23 @@ def test_x0_estimate_of_an_oracle_is_the_clean_latent(objective, prediction):
     assert torch.allclose(est, x0, atol=1e-5)
 
 
+@pytest.mark.parametrize("prediction", ["x0", "velocity"])
+def test_an_anchored_estimate_noises_frame_0_to_its_own_level(prediction):
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 4, 3, 2, 2, generator=g), torch.randn(2, 4, 3, 2, 2, generator=g)
+
+    def oracle(xt, t, text, mask):
+        assert t.shape == (2, 3) and torch.equal(t[:, 0], torch.full((2,), 0.05)) and torch.all(t[:, 1:] == 0.9)
+        assert torch.allclose(xt[:, :, 0], 0.95 * x0[:, :, 0] + 0.05 * noise[:, :, 0])
+        assert torch.allclose(xt[:, :, 1:], 0.1 * x0[:, :, 1:] + 0.9 * noise[:, :, 1:])
+        return x0 if prediction == "x0" else noise - x0
+
+    est = M.x0_estimate(fake_gen("rf", prediction, oracle), x0, 0.9, None, None, noise, anchor_t=0.05)
+    assert torch.allclose(est, x0, atol=1e-5)
+    with pytest.raises(ValueError, match="RF objective only"):
+        M.x0_estimate(fake_gen("ddpm", "v", oracle), x0, 0.9, None, None, noise, anchor_t=0.05)
+
+
 class Pixels:
     """Stand-ins for the latent store and the VQVAE: the 'latents' of a clip are its frames in [-1, 1]
     (3, T, H, W), and decoding maps them back to uint8 (N, T, H, W, 3)."""
@@ -88,7 +105,12 @@ def one_object_clips():
     return picked[:6]
 
 
-def run_probe(one_object_clips, monkeypatch, dit):
+def per_frame(t):
+    """RF times (N,) or (N, T) -> broadcastable against (N, C, T, H, W)."""
+    return t.view(-1, 1, 1, 1, 1) if t.dim() == 1 else t[:, None, :, None, None]
+
+
+def run_probe(one_object_clips, monkeypatch, dit, anchor_t=None):
     """The probe at t = 0.5 and 0.9 with zero noise (x_t = (1 - t) x0), so a denoiser can be exact."""
     import osplab.diffusion.noise as noise_module
 
@@ -96,7 +118,7 @@ def run_probe(one_object_clips, monkeypatch, dit):
     data, text = Pixels(one_object_clips), Seen()
     gen = fake_gen("rf", "x0", dit)
     gen.text, gen.decode = text, Pixels.decode
-    return M.motion_probe(gen, data, clips=6, t_grid=(0.5, 0.9), latent_frames=16, batch=4), text
+    return M.motion_probe(gen, data, clips=6, t_grid=(0.5, 0.9), latent_frames=16, batch=4, anchor_t=anchor_t), text
 
 
 def test_an_exact_denoiser_keeps_the_reconstructions_motion(one_object_clips, monkeypatch):
@@ -124,7 +146,24 @@ def test_a_static_denoiser_shows_no_travel(one_object_clips, monkeypatch):
     assert "| 0.9 |" in M.table(out)
 
 
-@pytest.mark.parametrize("args, message", [(["--t", "0.5", "1.0"], "(0, 1)"), (["--clips", "0"], ">= 1"),
+def test_an_anchored_probe_scores_the_later_frames(one_object_clips, monkeypatch):
+    """Exact on frames 1+ and wrong on the anchor frame: the anchored x0 error covers the frames at t only."""
+    def exact_after_frame_0(xt, t, c, m):
+        assert t.dim() == 2 and torch.all(t[:, 0] == 0.05)
+        x0 = xt / (1 - per_frame(t))
+        x0[:, :, 0] = 0
+        return x0
+
+    out, _ = run_probe(one_object_clips, monkeypatch, exact_after_frame_0, anchor_t=0.05)
+    assert out["anchor_t"] == 0.05 and all(row["x0_mse"] < 1e-10 for row in out["rows"])
+    assert "| t of frames 1+ |" in M.table(out)
+    with pytest.raises(ValueError, match="anchor frame"):
+        run_probe(one_object_clips, monkeypatch, exact_after_frame_0, anchor_t=1.0)
+
+
+@pytest.mark.parametrize("args, message", [(["--anchor-t", "0.05", "--variant", "ddpm"], "--variant rf"),
+                                           (["--anchor-t", "0.05", "--latent-frames", "1"], "--latent-frames >= 2"),
+                                           (["--t", "0.5", "1.0"], "(0, 1)"), (["--clips", "0"], ">= 1"),
                                            (["--latent-frames", "0"], ">= 1")])
 def test_the_command_line_rejects_bad_settings_before_loading_anything(args, message, capsys, tmp_path):
     with pytest.raises(SystemExit):

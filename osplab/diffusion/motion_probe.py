@@ -17,7 +17,12 @@ sampler that starts from noise has to decide the motion; there, a network that r
 object the caption's way under `true` and the other way under `reversed`, and one that ignores it
 draws both the same (static). Only the synthetic data's caption grammar is understood.
 
-    python -m osplab.diffusion.motion_probe --variant rf [--clips 48] [--out probe.json]
+With `anchor_t` (RF only) latent frame 0 is noised to that level instead (0.05: nearly clean) and the later
+frames to t: the continuation question, where does the object go from *here*, which a model trained with
+per-frame noise levels (`diffusion.rf.frame_t`) is taught to answer; `x0_mse` then covers the later frames
+only (docs/stage2_experiments.md, session 41).
+
+    python -m osplab.diffusion.motion_probe --variant rf [--clips 48] [--anchor-t 0.05] [--out probe.json]
 """
 
 from __future__ import annotations
@@ -43,18 +48,33 @@ def reversed_direction(caption: str) -> str:
     return out
 
 
+def probe_times(n: int, frames: int, t: float, anchor_t: float | None = None) -> torch.Tensor:
+    """RF times for n clips of `frames` latent frames: (n,) all at t, or with `anchor_t` (n, frames) with
+    frame 0 at anchor_t and the others at t (the DiT's per-frame noise levels)."""
+    if anchor_t is None:
+        return torch.full((n,), float(t))
+    if frames < 2:
+        raise ValueError(f"an anchor frame needs at least 2 latent frames, got {frames}")
+    tt = torch.full((n, frames), float(t))
+    tt[:, 0] = float(anchor_t)
+    return tt
+
+
 def x0_estimate(gen, x: torch.Tensor, t: float, text: torch.Tensor, mask: torch.Tensor,
-                noise: torch.Tensor) -> torch.Tensor:
-    """The DiT's clean-latent estimate from x (N, C, T, H, W) noised to time t in (0, 1) with `noise`."""
+                noise: torch.Tensor, anchor_t: float | None = None) -> torch.Tensor:
+    """The DiT's clean-latent estimate from x (N, C, T, H, W) noised to time t in (0, 1) with `noise`
+    (latent frame 0 to `anchor_t` instead, if given; RF only)."""
     d = gen.meta["diffusion"]
     n = len(x)
     if gen.meta["objective"] == "rf":
-        tt = torch.full((n,), float(t))
+        tt = probe_times(n, x.shape[2], t, anchor_t)
         xt = rectified_flow.interpolate(x, noise, tt)
         out = gen.dit(xt, tt, text, mask)
         if str(d["rf"].get("prediction", "velocity")) == "x0":
             return out
-        return xt - t * out  # velocity v = noise - x0 on the straight path
+        return xt - rectified_flow.interpolate(torch.zeros_like(x), out, tt)  # v = noise - x0; t * v per frame
+    if anchor_t is not None:
+        raise ValueError("an anchor frame (per-frame noise levels) is probed for the RF objective only")
     from osplab.tasks.dit import make_ddpm
 
     ddpm = make_ddpm(d["ddpm"])
@@ -65,15 +85,21 @@ def x0_estimate(gen, x: torch.Tensor, t: float, text: torch.Tensor, mask: torch.
 
 @torch.no_grad()
 def motion_probe(gen, data, clips: int = 48, t_grid=T_GRID, latent_frames: int = 4, seed: int = 0,
-                 batch: int = 16) -> dict:
+                 batch: int = 16, anchor_t: float | None = None) -> dict:
     """The probe on the first `clips` one-object clips of `data` (osplab.tasks.dit.TextLatents, normalised
     with `gen.norm`) that have at least `latent_frames` latent frames; clips of one (h, w) run together.
+    `anchor_t`: latent frame 0's noise level (RF only; None: every frame at t).
 
-    Returns {"clips": n, "latent_frames": k, "recon": judged x0, "rows": [{"t", "caption": "true" |
-    "reversed", "direction_accuracy", "motion_px", "shape_accuracy", "colour_accuracy", "x0_mse"}]},
-    the accuracies pooled over all picked clips, `x0_mse` the mean squared error of the estimate (latents).
+    Returns {"clips": n, "latent_frames": k, "anchor_t", "recon": judged x0, "rows": [{"t", "caption":
+    "true" | "reversed", "direction_accuracy", "motion_px", "shape_accuracy", "colour_accuracy", "x0_mse"}]},
+    the accuracies pooled over all picked clips, `x0_mse` the mean squared error of the estimate (latents;
+    over the frames at t only when anchored).
     """
     from osplab.diffusion.noise import video_noise
+
+    if anchor_t is not None and (gen.meta["objective"] != "rf" or latent_frames < 2 or not 0 <= anchor_t < 1):
+        raise ValueError(f"an anchor frame needs the RF objective, >= 2 latent frames and 0 <= anchor_t < 1; got "
+                         f"{gen.meta['objective']}, {latent_frames}, {anchor_t}")
 
     shapes = data.shapes()
     picked = [i for i in one_object_rows(data.latents.rows, len(data)) if shapes[i][0] >= latent_frames][:clips]
@@ -101,14 +127,16 @@ def motion_probe(gen, data, clips: int = 48, t_grid=T_GRID, latent_frames: int =
         acc = caption_accuracy(judge_clips(videos, captions))
         return {k: acc[k] for k in ("direction_accuracy", "motion_px", "shape_accuracy", "colour_accuracy")}
 
-    out = {"clips": len(picked), "latent_frames": latent_frames, "recon": judge_all(lambda x, n, tx: x), "rows": []}
+    out = {"clips": len(picked), "latent_frames": latent_frames, "anchor_t": anchor_t,
+           "recon": judge_all(lambda x, n, tx: x), "rows": []}
+    first = 0 if anchor_t is None else 1  # the anchored frame's error is not the question
     for t in t_grid:
         for name in ("true", "reversed"):
             errors = []
 
             def estimate(x, noise, texts):
-                est = x0_estimate(gen, x, float(t), *texts[name], noise)
-                errors.append((float((est - x).square().mean()), len(x)))
+                est = x0_estimate(gen, x, float(t), *texts[name], noise, anchor_t)
+                errors.append((float((est - x)[:, :, first:].square().mean()), len(x)))
                 return est
 
             row = {"t": float(t), "caption": name, **judge_all(estimate)}
@@ -120,7 +148,9 @@ def motion_probe(gen, data, clips: int = 48, t_grid=T_GRID, latent_frames: int =
 def table(result: dict) -> str:
     """The probe as a markdown table: per t, direction accuracy and travel under both captions."""
     r = result["recon"]
-    lines = ["| t | direction accuracy (true / reversed word) | travel px (true / reversed) | x0 MSE (true / reversed) |",
+    anchored = result.get("anchor_t") is not None
+    first = "| t of frames 1+ |" if anchored else "| t |"
+    lines = [first + " direction accuracy (true / reversed word) | travel px (true / reversed) | x0 MSE (true / reversed) |",
              "|---|---|---|---|",
              f"| 0 (x0 decoded) | {r['direction_accuracy']:.2f} | {r['motion_px']:.1f} | 0 |"]
     by_t: dict[float, dict] = {}
@@ -141,12 +171,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--t", type=float, nargs="+", default=list(T_GRID), help="noise levels in (0, 1)")
     p.add_argument("--latent-frames", type=int, default=4, help="latent frames per clip (4 = 16 video frames)")
     p.add_argument("--seed", type=int, default=0, help="the fixed noise")
+    p.add_argument("--anchor-t", type=float, help="noise level of latent frame 0 (RF only; e.g. 0.05, nearly "
+                                                  "clean): the later frames at t continue it")
     p.add_argument("--out", help="also write the result as JSON here")
     a = p.parse_args(argv)
     if not all(0 < t < 1 for t in a.t):
         p.error(f"--t values must be in (0, 1), got {a.t}")
     if a.clips < 1 or a.latent_frames < 1:
         p.error(f"--clips and --latent-frames must be >= 1, got {a.clips} and {a.latent_frames}")
+    if a.anchor_t is not None and (a.variant != "rf" or not 0 <= a.anchor_t < 1 or a.latent_frames < 2):
+        p.error(f"--anchor-t needs --variant rf, a value in [0, 1) and --latent-frames >= 2; got {a.variant}, "
+                f"{a.anchor_t}, {a.latent_frames}")
 
     from osplab.config import load_params
     from osplab.io import atomic_write_json
@@ -156,8 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_params(a.params)
     gen = load_variant(cfg, a.variant)
     data = TextLatents(cfg.vqvae.latents, cfg.text.cache, "val", norm=gen.norm, expect_kind=gen.latent_kind)
-    result = motion_probe(gen, data, a.clips, a.t, a.latent_frames, a.seed)
-    print(f"{result['clips']} one-object val clips, {result['latent_frames']} latent frames, variant {a.variant}")
+    result = motion_probe(gen, data, a.clips, a.t, a.latent_frames, a.seed, anchor_t=a.anchor_t)
+    anchor = "" if a.anchor_t is None else f", latent frame 0 at t = {a.anchor_t:g}"
+    print(f"{result['clips']} one-object val clips, {result['latent_frames']} latent frames{anchor}, variant {a.variant}")
     print(table(result))
     if a.out:
         atomic_write_json(a.out, result)
