@@ -57,7 +57,7 @@ def test_an_anchored_estimate_noises_frame_0_to_its_own_level(prediction):
 
     est = M.x0_estimate(fake_gen("rf", prediction, oracle), x0, 0.9, None, None, noise, anchor_t=0.05)
     assert torch.allclose(est, x0, atol=1e-5)
-    with pytest.raises(ValueError, match="RF objective only"):
+    with pytest.raises(ValueError, match="needs the RF objective"):
         M.x0_estimate(fake_gen("ddpm", "v", oracle), x0, 0.9, None, None, noise, anchor_t=0.05)
 
 
@@ -161,8 +161,8 @@ def test_an_anchored_probe_scores_the_later_frames(one_object_clips, monkeypatch
         run_probe(one_object_clips, monkeypatch, exact_after_frame_0, anchor_t=1.0)
 
 
-@pytest.mark.parametrize("args, message", [(["--anchor-t", "0.05", "--variant", "ddpm"], "--variant rf"),
-                                           (["--anchor-t", "0.05", "--latent-frames", "1"], "--latent-frames >= 2"),
+@pytest.mark.parametrize("args, message", [(["--anchor-t", "0.05", "--variant", "ddpm"], "got ddpm"),
+                                           (["--anchor-t", "0.05", "--latent-frames", "1"], "got rf, 1 latent frames"),
                                            (["--t", "0.5", "1.0"], "(0, 1)"), (["--clips", "0"], ">= 1"),
                                            (["--latent-frames", "0"], ">= 1")])
 def test_the_command_line_rejects_bad_settings_before_loading_anything(args, message, capsys, tmp_path):

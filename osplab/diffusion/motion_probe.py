@@ -48,13 +48,18 @@ def reversed_direction(caption: str) -> str:
     return out
 
 
+def check_anchor(objective: str, latent_frames: int, anchor_t: float | None) -> None:
+    """Raise ValueError unless an anchor frame at `anchor_t` can be probed (None: no anchor, always fine)."""
+    if anchor_t is not None and (objective != "rf" or latent_frames < 2 or not 0 <= anchor_t < 1):
+        raise ValueError(f"an anchor frame needs the RF objective, >= 2 latent frames and 0 <= anchor_t < 1; got "
+                         f"{objective}, {latent_frames} latent frames, anchor_t {anchor_t}")
+
+
 def probe_times(n: int, frames: int, t: float, anchor_t: float | None = None) -> torch.Tensor:
     """RF times for n clips of `frames` latent frames: (n,) all at t, or with `anchor_t` (n, frames) with
     frame 0 at anchor_t and the others at t (the DiT's per-frame noise levels)."""
     if anchor_t is None:
         return torch.full((n,), float(t))
-    if frames < 2:
-        raise ValueError(f"an anchor frame needs at least 2 latent frames, got {frames}")
     tt = torch.full((n, frames), float(t))
     tt[:, 0] = float(anchor_t)
     return tt
@@ -66,6 +71,7 @@ def x0_estimate(gen, x: torch.Tensor, t: float, text: torch.Tensor, mask: torch.
     (latent frame 0 to `anchor_t` instead, if given; RF only)."""
     d = gen.meta["diffusion"]
     n = len(x)
+    check_anchor(gen.meta["objective"], x.shape[2], anchor_t)
     if gen.meta["objective"] == "rf":
         tt = probe_times(n, x.shape[2], t, anchor_t)
         xt = rectified_flow.interpolate(x, noise, tt)
@@ -73,8 +79,6 @@ def x0_estimate(gen, x: torch.Tensor, t: float, text: torch.Tensor, mask: torch.
         if str(d["rf"].get("prediction", "velocity")) == "x0":
             return out
         return xt - rectified_flow.interpolate(torch.zeros_like(x), out, tt)  # v = noise - x0; t * v per frame
-    if anchor_t is not None:
-        raise ValueError("an anchor frame (per-frame noise levels) is probed for the RF objective only")
     from osplab.tasks.dit import make_ddpm
 
     ddpm = make_ddpm(d["ddpm"])
@@ -97,9 +101,7 @@ def motion_probe(gen, data, clips: int = 48, t_grid=T_GRID, latent_frames: int =
     """
     from osplab.diffusion.noise import video_noise
 
-    if anchor_t is not None and (gen.meta["objective"] != "rf" or latent_frames < 2 or not 0 <= anchor_t < 1):
-        raise ValueError(f"an anchor frame needs the RF objective, >= 2 latent frames and 0 <= anchor_t < 1; got "
-                         f"{gen.meta['objective']}, {latent_frames}, {anchor_t}")
+    check_anchor(gen.meta["objective"], latent_frames, anchor_t)  # before any work
 
     shapes = data.shapes()
     picked = [i for i in one_object_rows(data.latents.rows, len(data)) if shapes[i][0] >= latent_frames][:clips]
@@ -179,9 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--t values must be in (0, 1), got {a.t}")
     if a.clips < 1 or a.latent_frames < 1:
         p.error(f"--clips and --latent-frames must be >= 1, got {a.clips} and {a.latent_frames}")
-    if a.anchor_t is not None and (a.variant != "rf" or not 0 <= a.anchor_t < 1 or a.latent_frames < 2):
-        p.error(f"--anchor-t needs --variant rf, a value in [0, 1) and --latent-frames >= 2; got {a.variant}, "
-                f"{a.anchor_t}, {a.latent_frames}")
+    try:
+        check_anchor(a.variant, a.latent_frames, a.anchor_t)
+    except ValueError as e:
+        p.error(f"--anchor-t: {e}")
 
     from osplab.config import load_params
     from osplab.io import atomic_write_json
